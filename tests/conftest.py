@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GLOWLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_float64():
+    """Seeded float64 by default: the exactness checks need it, and it makes failures repeatable."""
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The offline MNIST/CIFAR-10 copies; tests that need them skip cleanly without them."""
+    if not (SHARED_DATA / "mnist" / "train.npz").exists():
+        pytest.skip(f"offline datasets not found at {SHARED_DATA} (set GLOWLAB_SHARED_DATA)")
+    return SHARED_DATA
