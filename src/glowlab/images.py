@@ -17,14 +17,18 @@ __all__ = ["make_grid", "save_png"]
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: int = 255) -> Tensor:
     """Tile uint8 images ``(N, C, H, W)`` into one ``(C, H', W')`` image, ``nrow`` per row."""
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"make_grid expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"make_grid expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
     if nrow < 1:
         raise ValueError(f"nrow must be >= 1, got {nrow}")
     n, c, h, w = images.shape
     cols = min(nrow, n)
     rows = (n + cols - 1) // cols
     grid = torch.full(
-        (c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value, dtype=torch.uint8
+        (c, rows * (h + padding) + padding, cols * (w + padding) + padding),
+        pad_value,
+        dtype=torch.uint8,
     )
     for i in range(n):
         r, k = divmod(i, cols)

@@ -54,7 +54,9 @@ class Split(nn.Module):
         eps = (z - mean) * torch.exp(-log_std)
         return kept, eps, -log_std.flatten(1).sum(1)
 
-    def inverse(self, kept: Tensor, eps: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, kept: Tensor, eps: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         stats = self.mean_log_std(kept)
         if stats is None:
             return torch.cat([kept, eps], dim=1), kept.new_zeros(kept.shape[0])

@@ -118,7 +118,9 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.inp = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
-        self.blocks = nn.Sequential(*[_ResidualBlock(hidden_channels, batch_norm) for _ in range(blocks)])
+        self.blocks = nn.Sequential(
+            *[_ResidualBlock(hidden_channels, batch_norm) for _ in range(blocks)]
+        )
         self.norm = nn.BatchNorm2d(hidden_channels) if batch_norm else nn.Identity()
         self.out = ZeroConv2d(hidden_channels, out_channels)
 
@@ -136,7 +138,11 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, hidden_features: int = 1000, hidden_layers: int = 5
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int = 1000,
+        hidden_layers: int = 5,
     ) -> None:
         super().__init__()
         if hidden_layers < 1:

@@ -117,12 +117,16 @@ class FlowModel(nn.Module):
         if y is None:
             return None
         if self.num_classes is None:
-            raise ValueError(f"{what} got class labels y, but this model was built without num_classes")
+            raise ValueError(
+                f"{what} got class labels y, but this model was built without num_classes"
+            )
         y = torch.as_tensor(y, device=self._reference().device)
         if y.dim() == 0:
             y = y.expand(batch)
         if y.shape != (batch,) or y.is_floating_point():
-            raise ValueError(f"{what} expects y as {batch} integer class labels, got shape {tuple(y.shape)}")
+            raise ValueError(
+                f"{what} expects y as {batch} integer class labels, got shape {tuple(y.shape)}"
+            )
         # Checked on the CPU only: on a GPU the test would stall the stream on every step.
         if y.device.type == "cpu" and bool(((y < 0) | (y >= self.num_classes)).any()):
             raise ValueError(f"class labels must be in [0, {self.num_classes - 1}]")
@@ -226,11 +230,14 @@ class FlowModel(nn.Module):
         """Images from standardized latents; the exact inverse of :meth:`encode`."""
         eps = list(eps)
         if len(eps) != len(self.latent_shapes):
-            raise ValueError(f"decode expects {len(self.latent_shapes)} latent tensors, got {len(eps)}")
+            raise ValueError(
+                f"decode expects {len(self.latent_shapes)} latent tensors, got {len(eps)}"
+            )
         for i, (e, shape) in enumerate(zip(eps, self.latent_shapes, strict=True)):
             if tuple(e.shape[1:]) != shape or e.shape[0] != eps[0].shape[0]:
+                expected = ", ".join(map(str, shape))
                 raise ValueError(
-                    f"latent {i} must have shape (B, {', '.join(map(str, shape))}), got {tuple(e.shape)}"
+                    f"latent {i} must have shape (B, {expected}), got {tuple(e.shape)}"
                 )
         y = self._check_y(y, eps[0].shape[0], "decode")
         if self.conditional and y is None:
@@ -243,7 +250,9 @@ class FlowModel(nn.Module):
         """Standardized latents drawn from the base distribution at the given temperature."""
         ref = self._reference()
         return [
-            self.base.sample((n, *shape), temperature, device=ref.device, dtype=ref.dtype, generator=generator)
+            self.base.sample(
+                (n, *shape), temperature, device=ref.device, dtype=ref.dtype, generator=generator
+            )
             for shape in self.latent_shapes
         ]
 
@@ -284,5 +293,7 @@ def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
     except (TypeError, ValueError):
         raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"image_shape must be three positive integers (C, H, W), got {image_shape!r}")
+        raise ValueError(
+            f"image_shape must be three positive integers (C, H, W), got {image_shape!r}"
+        )
     return shape  # type: ignore[return-value]

@@ -98,9 +98,12 @@ class Glow(FlowModel):
         if coupling not in ("affine", "additive"):
             raise ValueError(f"unknown coupling {coupling!r}; choose 'affine' or 'additive'")
         if permutation not in _PERMUTATIONS:
-            raise ValueError(
-                f"unknown permutation {permutation!r}; choose one of {', '.join(map(repr, _PERMUTATIONS))}"
-            )
+            choices = ", ".join(map(repr, _PERMUTATIONS))
+            raise ValueError(f"unknown permutation {permutation!r}; choose one of {choices}")
+        if split_prior not in ("learned", "standard"):
+            raise ValueError(f"unknown split prior {split_prior!r}; choose 'learned' or 'standard'")
+        if scale not in ("sigmoid", "exp_tanh"):
+            raise ValueError(f"unknown coupling scale {scale!r}; choose 'sigmoid' or 'exp_tanh'")
         if h % 2**levels or w % 2**levels:
             raise ValueError(
                 f"Glow with levels={levels} squeezes {levels} times and needs H and W divisible by "

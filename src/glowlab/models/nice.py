@@ -7,7 +7,7 @@ from typing import Literal
 
 from ..nets import MLP
 from ..priors import StandardLogistic, StandardNormal
-from ..transforms import Coupling, FlowSequential, Flatten, Scaling, Transform
+from ..transforms import Coupling, Flatten, FlowSequential, Scaling, Transform
 from .base import FlowModel, Level
 from .glow import _check_positive
 
@@ -50,19 +50,25 @@ class NICE(FlowModel):
         prior: Literal["logistic", "gaussian"] = "logistic",
     ) -> None:
         super().__init__(image_shape)
-        _check_positive(couplings=couplings, hidden_features=hidden_features, hidden_layers=hidden_layers)
+        _check_positive(
+            couplings=couplings, hidden_features=hidden_features, hidden_layers=hidden_layers
+        )
         if prior not in ("logistic", "gaussian"):
             raise ValueError(f"unknown prior {prior!r}; choose 'logistic' or 'gaussian'")
         d = self.dims
         if d % 2:
-            raise ValueError(f"NICE splits the flattened image into halves and needs an even C*H*W, got {d}")
+            raise ValueError(
+                f"NICE splits the flattened image into halves and needs an even C*H*W, got {d}"
+            )
         self.config = dict(
             image_shape=list(self.image_shape), couplings=couplings,
             hidden_features=hidden_features, hidden_layers=hidden_layers, prior=prior,
         )  # fmt: skip
         net = partial(MLP, hidden_features=hidden_features, hidden_layers=hidden_layers)
         self.pre = FlowSequential([Flatten(self.image_shape)])
-        layers: list[Transform] = [Coupling(d, net, "additive", "channel", i % 2) for i in range(couplings)]
+        layers: list[Transform] = [
+            Coupling(d, net, "additive", "channel", i % 2) for i in range(couplings)
+        ]
         layers.append(Scaling(d))
         self.levels.append(Level(FlowSequential(layers)))
         self.base = StandardLogistic() if prior == "logistic" else StandardNormal()

@@ -66,7 +66,9 @@ class RealNVP(FlowModel):
             image_shape=list(self.image_shape), levels=levels, hidden_channels=hidden_channels,
             res_blocks=res_blocks, batch_norm=batch_norm, alpha=alpha,
         )  # fmt: skip
-        net = partial(ResNet, hidden_channels=hidden_channels, blocks=res_blocks, batch_norm=batch_norm)
+        net = partial(
+            ResNet, hidden_channels=hidden_channels, blocks=res_blocks, batch_norm=batch_norm
+        )
         self.pre = FlowSequential([Logit(alpha)])
 
         def couplings(channels: int, count: int, mask: str) -> list[Transform]:

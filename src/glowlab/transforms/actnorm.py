@@ -68,7 +68,11 @@ class ActNorm(Transform):
             # Mean of the whole global batch, not of one rank's shard.
             stats = torch.cat([count.view(1), total, total_sq])
             dist.all_reduce(stats)
-            count, total, total_sq = stats[0], stats[1 : 1 + self.channels], stats[1 + self.channels :]
+            count, total, total_sq = (
+                stats[0],
+                stats[1 : 1 + self.channels],
+                stats[1 + self.channels :],
+            )
         mean = total / count
         var = (total_sq / count - mean * mean).clamp_min(0.0)
         self.loc.copy_(mean)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["FlowSequential", "Transform", "zero_logdet"]
@@ -78,7 +77,7 @@ class FlowSequential(Transform):
 
 
 def spatial_size(x: Tensor) -> int:
-    """Number of positions that share one per-channel parameter: ``H*W`` for images, 1 for vectors."""
+    """Positions that share one per-channel parameter: ``H*W`` for images, 1 for vectors."""
     size = 1
     for n in x.shape[2:]:
         size *= n
@@ -95,4 +94,3 @@ def check_channels(x: Tensor, channels: int, name: str) -> None:
         raise ValueError(
             f"{name} expects input of shape (B, {channels}, ...), got {tuple(x.shape)}"
         )
-

@@ -144,7 +144,9 @@ class Coupling(Transform):
     # -- checkerboard mask -----------------------------------------------------------------
     def _apply_checkerboard(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         if x.dim() != 4:
-            raise ValueError(f"a checkerboard coupling needs (B, C, H, W) input, got {tuple(x.shape)}")
+            raise ValueError(
+                f"a checkerboard coupling needs (B, C, H, W) input, got {tuple(x.shape)}"
+            )
         mask = checkerboard_mask(x.shape[2], x.shape[3], self.parity, x)
         keep = x * mask
         shift, log_s = self._shift_logscale(self.net(keep))
@@ -189,4 +191,6 @@ class AffineCoupling(Coupling):
         parity: int = 0,
         scale: ScaleKind = "sigmoid",
     ) -> None:
-        super().__init__(channels, net_factory, kind="affine", mask=mask, parity=parity, scale=scale)
+        super().__init__(
+            channels, net_factory, kind="affine", mask=mask, parity=parity, scale=scale
+        )

@@ -53,7 +53,9 @@ class BatchNormFlow(Transform):
         check_channels(x, self.channels, "BatchNormFlow")
         mean, var = self._stats(x)
         log_scale = self._log_scale(var)
-        z = (x - channel_view(mean, x)) * channel_view(log_scale.exp(), x) + channel_view(self.beta, x)
+        z = (x - channel_view(mean, x)) * channel_view(log_scale.exp(), x) + channel_view(
+            self.beta, x
+        )
         logdet = (spatial_size(x) * log_scale.sum()).to(x.dtype).expand(x.shape[0])
         return z, logdet
 

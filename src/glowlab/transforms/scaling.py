@@ -28,7 +28,9 @@ class Scaling(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if x.shape[1:] != self.log_scale.shape:
-            raise ValueError(f"Scaling expects (B, {tuple(self.log_scale.shape)}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"Scaling expects (B, {tuple(self.log_scale.shape)}), got {tuple(x.shape)}"
+            )
         logdet = self.log_scale.sum().to(x.dtype).expand(x.shape[0])
         return x * self.log_scale.exp(), logdet
 

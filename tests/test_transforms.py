@@ -1,0 +1,383 @@
+"""The layer contract, checked for every invertible layer in float64.
+
+A round trip alone cannot catch a log-determinant that is wrong the same way in both
+directions (a missing H*W, say), so each layer's logdet is also compared with ``slogdet`` of
+the autograd Jacobian on a tiny input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from glowlab.multiscale import Split
+from glowlab.nets import MLP, GlowNet, ResNet
+from glowlab.priors import ConditionalPrior, LearnedPrior
+from glowlab.transforms import (
+    ActNorm,
+    BatchNormFlow,
+    Coupling,
+    Flatten,
+    FlowSequential,
+    InvConv1x1,
+    InvConv1x1LU,
+    Logit,
+    Reverse,
+    Scaling,
+    Shuffle,
+    Squeeze,
+    Transform,
+    squeeze2d,
+    unsqueeze2d,
+)
+
+IMAGE = (2, 4, 4, 4)
+VECTOR = (3, 6)
+
+
+def _perturb(module: nn.Module, std: float = 0.1) -> None:
+    """Move every parameter off its initial value, so zero-initialised nets do something."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+
+
+def _glownet(i: int, o: int) -> nn.Module:
+    return GlowNet(i, o, hidden_channels=8)
+
+
+def _resnet(i: int, o: int) -> nn.Module:
+    return ResNet(i, o, hidden_channels=8, blocks=1, batch_norm=False)
+
+
+def _mlp(i: int, o: int) -> nn.Module:
+    return MLP(i, o, hidden_features=8, hidden_layers=2)
+
+
+def _batchnorm_eval(channels: int) -> Transform:
+    layer = BatchNormFlow(channels)
+    with torch.no_grad():
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+    return layer.eval()
+
+
+def _actnorm_initialized(channels: int, shape: tuple[int, ...]) -> Transform:
+    layer = ActNorm(channels)
+    layer(torch.randn(16, *shape[1:]) * 3 + 1)  # data-dependent init in training mode
+    return layer
+
+
+# (id, factory, input shape, input sampler)
+CASES: list[tuple[str, Callable[[], Transform], tuple[int, ...]]] = [
+    ("actnorm-image", lambda: _actnorm_initialized(4, IMAGE), IMAGE),
+    ("actnorm-vector", lambda: _actnorm_initialized(6, VECTOR), VECTOR),
+    ("conv1x1-image", lambda: InvConv1x1(4), IMAGE),
+    ("conv1x1-vector", lambda: InvConv1x1(6), VECTOR),
+    ("conv1x1lu-image", lambda: InvConv1x1LU(4), IMAGE),
+    ("conv1x1lu-vector", lambda: InvConv1x1LU(6), VECTOR),
+    ("shuffle", lambda: Shuffle(4, seed=3), IMAGE),
+    ("reverse", lambda: Reverse(4), IMAGE),
+    ("squeeze", lambda: Squeeze(), IMAGE),
+    ("flatten", lambda: Flatten(IMAGE[1:]), IMAGE),
+    ("batchnorm-eval", lambda: _batchnorm_eval(4), IMAGE),
+    ("logit", lambda: Logit(0.05), IMAGE),
+    ("scaling", lambda: Scaling(6), VECTOR),
+    ("sequential", lambda: FlowSequential([InvConv1x1LU(4), Coupling(4, _glownet)]), IMAGE),
+]
+for kind in ("additive", "affine"):
+    for scale in ("sigmoid", "exp_tanh") if kind == "affine" else ("sigmoid",):
+        for parity in (0, 1):
+            name = f"{kind}-{scale}-p{parity}"
+            CASES += [
+                (
+                    f"coupling-channel-{name}",
+                    partial(Coupling, 4, _glownet, kind, "channel", parity, scale),
+                    IMAGE,
+                ),
+                (
+                    f"coupling-checkerboard-{name}",
+                    partial(Coupling, 4, _resnet, kind, "checkerboard", parity, scale),
+                    IMAGE,
+                ),
+                (
+                    f"coupling-vector-{name}",
+                    partial(Coupling, 6, _mlp, kind, "channel", parity, scale),
+                    VECTOR,
+                ),
+            ]
+
+
+def _input(shape: tuple[int, ...], layer: Transform) -> Tensor:
+    if isinstance(layer, Logit):
+        return torch.rand(shape) - 0.5
+    return torch.randn(shape)
+
+
+def _jacobian_logdet(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``log|det df/dx|`` of each example, by brute force."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1]
+        jac = torch.autograd.functional.jacobian(
+            lambda v, s=xi.shape: f(v.view(s)).flatten(), xi.flatten()
+        )
+        out.append(torch.linalg.slogdet(jac).logabsdet)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
+def test_transform_contract(
+    name: str, factory: Callable[[], Transform], shape: tuple[int, ...]
+) -> None:
+    layer = factory()
+    _perturb(layer)
+    layer.eval()
+    x = _input(shape, layer)
+
+    z, logdet = layer(x)
+    assert z.dtype == x.dtype
+    assert z.numel() == x.numel()
+    if not isinstance(layer, (Squeeze, Flatten)):
+        assert z.shape == x.shape
+    assert logdet.shape == (shape[0],) and logdet.dtype == x.dtype and logdet.device == x.device
+    assert torch.isfinite(z).all() and torch.isfinite(logdet).all()
+
+    x_back, logdet_inv = layer.inverse(z)
+    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-10)
+    torch.testing.assert_close(logdet + logdet_inv, torch.zeros_like(logdet), rtol=0, atol=1e-10)
+
+    expected = _jacobian_logdet(lambda v: layer(v)[0], x)
+    torch.testing.assert_close(logdet, expected, rtol=1e-8, atol=1e-8)
+    # The inverse's logdet is log|det dx/dz| at z.
+    expected_inv = _jacobian_logdet(lambda v: layer.inverse(v)[0], z)
+    torch.testing.assert_close(logdet_inv, expected_inv, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("prior", ["learned", "standard"])
+def test_split_contract(prior: str) -> None:
+    split = Split(4, prior=prior)  # type: ignore[arg-type]
+    _perturb(split)
+    x = torch.randn(IMAGE)
+    kept, eps, logdet = split(x)
+    assert kept.shape == eps.shape == (2, 2, 4, 4)
+    back, logdet_inv = split.inverse(kept, eps)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logdet + logdet_inv, torch.zeros(2), rtol=0, atol=1e-12)
+
+    def f(v: Tensor) -> Tensor:
+        k, e, _ = split(v)
+        return torch.cat([k, e], 1)
+
+    torch.testing.assert_close(logdet, _jacobian_logdet(f, x), rtol=1e-8, atol=1e-8)
+
+
+def test_gaussian_priors_contract() -> None:
+    shape = (4, 2, 2)
+    y = torch.tensor([0, 2])
+    for prior, context in ((LearnedPrior(shape), None), (ConditionalPrior(shape, 3), y)):
+        _perturb(prior)
+        z = torch.randn(2, *shape)
+        eps, logdet = prior(z, context)
+        back, logdet_inv = prior.inverse(eps, context)
+        torch.testing.assert_close(back, z, rtol=0, atol=1e-12)
+        torch.testing.assert_close(logdet + logdet_inv, torch.zeros(2), rtol=0, atol=1e-12)
+        for i in range(2):
+            ctx = None if context is None else context[i : i + 1]
+            expected = _jacobian_logdet(lambda v, p=prior, c=ctx: p(v, c)[0], z[i : i + 1])
+            torch.testing.assert_close(logdet[i : i + 1], expected, rtol=1e-8, atol=1e-8)
+
+
+def test_conditional_prior_needs_labels() -> None:
+    with pytest.raises(ValueError, match="class-conditional"):
+        ConditionalPrior((4, 2, 2), 3)(torch.randn(1, 4, 2, 2))
+
+
+# -- ActNorm ---------------------------------------------------------------------------------
+def test_actnorm_data_dependent_init() -> None:
+    layer = ActNorm(3)
+    x = torch.randn(64, 3, 5, 5) * torch.tensor([0.5, 2.0, 7.0]).view(1, 3, 1, 1) + 4.0
+    z, _ = layer(x)
+    torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-10, rtol=0)
+    torch.testing.assert_close(z.std((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-5, rtol=0)
+    assert bool(layer.initialized)
+    before = layer.state_dict()
+    layer(torch.randn(8, 3, 5, 5))  # a second batch does not re-initialise
+    for key, value in before.items():
+        torch.testing.assert_close(layer.state_dict()[key], value)
+
+
+def test_actnorm_does_not_initialise_in_eval_mode() -> None:
+    layer = ActNorm(2).eval()
+    x = torch.randn(4, 2, 3, 3)
+    z, _ = layer(x)
+    torch.testing.assert_close(z, x)
+    assert not bool(layer.initialized)
+
+
+def test_actnorm_reloaded_never_reinitialises() -> None:
+    trained = ActNorm(2)
+    trained(torch.randn(16, 2, 3, 3) * 5)
+    fresh = ActNorm(2)
+    fresh.load_state_dict(trained.state_dict())
+    fresh.train()
+    x = torch.randn(16, 2, 3, 3) + 100.0
+    torch.testing.assert_close(fresh(x)[0], trained(x)[0])
+    # And the other way: loading an uninitialised state re-enables the init.
+    trained.load_state_dict(ActNorm(2).state_dict())
+    assert trained.needs_init()
+
+
+# -- 1x1 convolutions ------------------------------------------------------------------------
+def test_lu_and_plain_conv_agree() -> None:
+    plain = InvConv1x1(5)
+    lu = InvConv1x1LU(5, init_weight=plain.weight.detach())
+    torch.testing.assert_close(lu.weight(), plain.weight, atol=1e-12, rtol=0)
+    x = torch.randn(2, 5, 3, 3)
+    (z1, ld1), (z2, ld2) = plain(x), lu(x)
+    torch.testing.assert_close(z1, z2, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ld1, ld2, atol=1e-12, rtol=0)
+
+
+def test_conv1x1_starts_volume_preserving() -> None:
+    for layer in (InvConv1x1(6), InvConv1x1LU(6)):
+        _, logdet = layer(torch.randn(2, 6, 4, 4))
+        torch.testing.assert_close(logdet, torch.zeros(2), atol=1e-10, rtol=0)
+
+
+def test_inverse_weight_cache_follows_updates() -> None:
+    layer = InvConv1x1LU(4)
+    with torch.no_grad():
+        first = layer.inverse_weight().clone()
+        assert layer.inverse_weight() is layer.inverse_weight()  # cached
+        layer.log_s.add_(0.5)  # an optimizer step bumps the version counter
+        second = layer.inverse_weight()
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(second @ layer.weight().detach(), torch.eye(4), atol=1e-12, rtol=0)
+
+
+# -- squeeze -------------------------------------------------------------------------------
+def test_squeeze_golden_order() -> None:
+    x = torch.arange(2 * 4 * 4, dtype=torch.float64).view(1, 2, 4, 4)
+    z = squeeze2d(x)
+    assert z.shape == (1, 8, 2, 2)
+    # Channel c*4 + 2*i + j holds input channel c at offset (i, j) in each 2x2 block.
+    assert z[0, :, 0, 0].tolist() == [0, 1, 4, 5, 16, 17, 20, 21]
+    assert z[0, 3].tolist() == [[5, 7], [13, 15]]
+    assert torch.equal(unsqueeze2d(z), x)
+
+
+def test_squeeze_rejects_odd_sizes() -> None:
+    with pytest.raises(ValueError, match="divisible by 2"):
+        Squeeze()(torch.randn(1, 1, 5, 4))
+
+
+# -- couplings -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["additive", "affine"])
+def test_zero_init_coupling_is_identity_or_constant_scale(kind: str) -> None:
+    x = torch.randn(2, 4, 4, 4)
+    layer = Coupling(4, _glownet, kind)  # type: ignore[arg-type]
+    z, logdet = layer(x)
+    if kind == "additive":
+        torch.testing.assert_close(z, x)
+        return
+    # Glow's sigmoid(h + 2) at h = 0: the changed half is scaled by sigmoid(2).
+    torch.testing.assert_close(z[:, :2], x[:, :2])
+    torch.testing.assert_close(z[:, 2:], x[:, 2:] * torch.sigmoid(torch.tensor(2.0)))
+    torch.testing.assert_close(
+        logdet, torch.full((2,), 32 * float(torch.nn.functional.logsigmoid(torch.tensor(2.0))))
+    )
+
+
+def test_exp_tanh_coupling_starts_as_identity() -> None:
+    x = torch.randn(2, 4, 4, 4)
+    z, logdet = Coupling(4, _glownet, "affine", scale="exp_tanh")(x)
+    torch.testing.assert_close(z, x)
+    torch.testing.assert_close(logdet, torch.zeros(2))
+
+
+def test_checkerboard_keeps_conditioning_cells() -> None:
+    layer = Coupling(3, _resnet, "affine", "checkerboard", parity=1)
+    _perturb(layer, 0.5)
+    x = torch.randn(2, 3, 4, 4)
+    z, _ = layer(x)
+    kept = (torch.arange(4).view(-1, 1) + torch.arange(4).view(1, -1)) % 2 == 1
+    assert torch.equal(z[..., kept], x[..., kept])
+    assert not torch.allclose(z[..., ~kept], x[..., ~kept])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"channels": 3}, "even number of channels"),
+        ({"kind": "multiplicative"}, "unknown coupling kind"),
+        ({"mask": "stripes"}, "unknown coupling mask"),
+        ({"scale": "softplus"}, "unknown coupling scale"),
+        ({"parity": 2}, "parity must be 0 or 1"),
+    ],
+)
+def test_coupling_rejects_bad_options(kwargs: dict, match: str) -> None:
+    args = {"channels": 4, "net_factory": _glownet, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        Coupling(**args)
+
+
+def test_logit_rejects_bad_alpha() -> None:
+    with pytest.raises(ValueError, match=r"0 < alpha < 0\.5"):
+        Logit(0.5)
+
+
+def test_layers_reject_wrong_channels() -> None:
+    with pytest.raises(ValueError, match=r"expects input of shape \(B, 4"):
+        ActNorm(4)(torch.randn(2, 3, 4, 4))
+
+
+def test_batchnorm_flow_uses_batch_statistics_in_training() -> None:
+    layer = BatchNormFlow(3)
+    x = torch.randn(32, 3, 4, 4) * 3 + 2
+    z, logdet = layer(x)
+    torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-10, rtol=0)
+    var = x.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(logdet, (-0.5 * 16 * torch.log(var + layer.eps).sum()).expand(32))
+    assert not torch.allclose(layer.running_mean, torch.zeros(3))
+
+
+# -- property-based round trips over shapes ----------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    half_channels=st.integers(1, 3),
+    height=st.integers(1, 3).map(lambda n: 2 * n),
+    width=st.integers(1, 3).map(lambda n: 2 * n),
+    mask=st.sampled_from(["channel", "checkerboard"]),
+    kind=st.sampled_from(["additive", "affine"]),
+)
+def test_round_trip_fuzz(
+    batch: int, half_channels: int, height: int, width: int, mask: str, kind: str
+) -> None:
+    torch.set_default_dtype(torch.float64)
+    c = 2 * half_channels
+    flow = FlowSequential(
+        [
+            ActNorm(c),
+            InvConv1x1LU(c),
+            Coupling(c, _glownet, kind, mask),  # type: ignore[arg-type]
+            Squeeze(),
+            Shuffle(4 * c),
+            Coupling(4 * c, _glownet, kind, "channel", 1),  # type: ignore[arg-type]
+        ]
+    )
+    _perturb(flow)
+    x = torch.randn(batch, c, height, width)
+    z, logdet = flow(x)
+    assert z.shape == (batch, 4 * c, height // 2, width // 2)
+    back, logdet_inv = flow.inverse(z)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-9)
+    torch.testing.assert_close(logdet + logdet_inv, torch.zeros(batch), rtol=0, atol=1e-9)
