@@ -255,9 +255,7 @@ def load_npz(paths: Sequence[Path]) -> tuple[Tensor, Tensor]:
                 f"{path}: 'images' must be a uint8 (N, H, W, C) array, got {x.dtype} {x.shape}"
             )
         if y.shape != (x.shape[0],):
-            raise ValueError(
-                f"{path}: 'labels' must have shape ({x.shape[0]},), got {y.shape}"
-            )
+            raise ValueError(f"{path}: 'labels' must have shape ({x.shape[0]},), got {y.shape}")
         images.append(x)
         labels.append(y.astype(np.int64, copy=False))
     x = images[0] if len(images) == 1 else np.concatenate(images)

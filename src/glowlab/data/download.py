@@ -10,6 +10,7 @@ Tests replace :func:`urlopen` in this module to serve bytes without a network.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 from collections.abc import Sequence
@@ -102,7 +103,9 @@ def download_url(
                 continue
             os.replace(tmp, destination)
             return destination
-        except OSError as error:  # URLError, HTTPError, timeouts and refused connections
+        # OSError covers URLError, HTTPError, timeouts and refused connections; HTTPException
+        # covers a connection dropped mid-file (IncompleteRead).
+        except (OSError, http.client.HTTPException) as error:
             failures.append(f"{url}: {error}")
         finally:
             tmp.unlink(missing_ok=True)
@@ -125,8 +128,8 @@ def missing_files_message(
 ) -> str:
     """The one-line message for files that are not on disk."""
     return (
-        f"{dataset}: missing {', '.join(missing)} in {directory}; pass download=True "
-        f"(--download) to fetch {'it' if len(missing) == 1 else 'them'}, put "
+        f"{dataset}: missing {', '.join(missing)} in {directory}; pass download=True to "
+        f"fetch {'it' if len(missing) == 1 else 'them'}, put "
         f"{'it' if len(missing) == 1 else 'them'} into {directory} by hand{extra}, or point "
         f"--data-dir (data_dir=) at a folder that already holds the files"
     )
@@ -178,8 +181,8 @@ def resolve_files(
                     raise ChecksumError(
                         f"{dataset}: {found} has MD5 {got} but the published MD5 is "
                         f"{remote.md5}; the file is corrupt or incomplete: delete it and pass "
-                        f"download=True (--download) to fetch it again, or replace it with a "
-                        f"good copy"
+                        f"download=True to fetch it again, replace it with a good copy, or pass "
+                        f"verify=False if this copy is known to hold the same data"
                     )
                 found = None
         paths.append(found)
