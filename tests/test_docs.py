@@ -24,6 +24,10 @@ MODULES = [
     "glowlab.models.realnvp",
     "glowlab.models.nice",
     "glowlab.metrics",
+    "glowlab.data.augment",
+    "glowlab.data.base",
+    "glowlab.data.digits",
+    "glowlab.data.registry",
 ]
 
 
