@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GLOWLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+# The tests run small models, for which one thread is fastest, and CI has two cores.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_float64():
     """Seeded float64 by default: the exactness checks need it, and it makes failures repeatable."""

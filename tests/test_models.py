@@ -278,3 +278,14 @@ def test_conditional_model_needs_labels_to_encode() -> None:
         model.encode(torch.rand(2, 1, 4, 4) - 0.5)
     with pytest.raises(ValueError, match=r"class labels must be in \[0, 1\]"):
         model.encode(torch.rand(2, 1, 4, 4) - 0.5, torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize("factory", [f for _, f in CONFIGS], ids=IDS)
+def test_models_move_between_dtypes(factory: Callable[[], FlowModel]) -> None:
+    model, x, y = _ready(factory)
+    expected = model.log_prob(x, y)
+    model = model.float()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    log_prob = model.log_prob(x.float(), y)
+    assert log_prob.dtype == torch.float32
+    torch.testing.assert_close(log_prob.double(), expected, rtol=1e-4, atol=1e-3)

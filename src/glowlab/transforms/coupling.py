@@ -125,7 +125,7 @@ class Coupling(Transform):
     def _merge(self, kept: Tensor, changed: Tensor) -> Tensor:
         return torch.cat((kept, changed) if self.parity == 0 else (changed, kept), dim=1)
 
-    def _apply(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         check_channels(x, self.channels, "Coupling")
         if self.mask == "checkerboard":
             return self._apply_checkerboard(x, inverse)
@@ -162,10 +162,10 @@ class Coupling(Transform):
         return out, -logdet if inverse else logdet
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._apply(x, inverse=False)
+        return self._couple(x, inverse=False)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._apply(z, inverse=True)
+        return self._couple(z, inverse=True)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, kind={self.kind}, mask={self.mask}, parity={self.parity}"
