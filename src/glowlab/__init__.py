@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .checkpoint import load, save
+from .config import TrainConfig
 from .metrics import bits_per_dim, bits_per_dim_from_log_prob, dequantize, quantize
 from .models import NICE, FlowModel, FlowOutput, Glow, RealNVP, build_model
+from .train import Trainer
 
 try:
     __version__ = version("glowlab")
@@ -22,10 +25,14 @@ __all__ = [
     "FlowOutput",
     "Glow",
     "RealNVP",
+    "TrainConfig",
+    "Trainer",
     "__version__",
     "bits_per_dim",
     "bits_per_dim_from_log_prob",
     "build_model",
     "dequantize",
+    "load",
     "quantize",
+    "save",
 ]

@@ -1,0 +1,655 @@
+"""Maximum-likelihood training of a flow: the :class:`Trainer`.
+
+It reads top to bottom: setup (device, seeds, run folder), data (whole datasets as uint8
+tensors, on the GPU when they fit), model (built from the config, ActNorm initialized on a
+larger first batch), optimizer (Adam, AdamW or Adamax with linear warmup, gradient clipping
+and Polyak/EMA weights), then the loop (one step, logging, evaluation, samples, checkpoints).
+
+The loss is the negative log-likelihood in bits per dimension, logged as three terms::
+
+    loss_bpd = prior_bpd + logdet_bpd + n_bits
+    prior_bpd  = -mean(log p_Z(z)) / (D log 2)
+    logdet_bpd = -mean(log|det dz/dx|) / (D log 2)
+
+where ``D = C*H*W`` and ``n_bits`` is the dequantization constant ``D log(2**n_bits) / (D
+log 2)``; see :func:`glowlab.metrics.bits_per_dim_from_log_prob`. A class-conditional model
+adds ``class_weight * cross_entropy`` (nats) to the objective (Glow's ``ycond``).
+
+Robustness: a step whose loss or gradient norm is not finite is rejected (the optimizer does
+not step) and logged; after ``nan_patience`` rejections in a row the run rolls back to its
+last checkpoint with the learning rate scaled by ``rollback_lr_factor``, and after
+``max_rollbacks`` rollbacks it stops with :class:`TrainingError`. Checking finiteness is the
+one host synchronisation per step; everything else is read back only at log intervals.
+
+Exact resume: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``, and a
+checkpoint stores the position in it along with every RNG state, so on the CPU a resumed
+run's losses equal those of an uninterrupted run.
+
+Example:
+    >>> from glowlab.config import apply_overrides, get_preset
+    >>> overrides = ["train.steps=2", "train.progress=false"]
+    >>> config = apply_overrides(get_preset("glow-digits"), overrides)
+    >>> trainer = Trainer(config, out_dir=tempfile.mkdtemp())  # doctest: +SKIP
+    >>> result = trainer.fit()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import random
+import tempfile  # noqa: F401 - used by the docstring example
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import (
+    CheckpointError,
+    build_model_on,
+    load_weights,
+    read_checkpoint,
+    write_checkpoint,
+)
+from .config import TrainConfig, save_config
+from .errors import GlowlabError
+from .images import make_grid, save_png
+from .metrics import dequantize, quantize
+from .models import FlowModel
+from .runlog import RunLog
+
+__all__ = ["EvalResult", "TrainState", "Trainer", "TrainingError", "resolve_device"]
+
+
+class TrainingError(GlowlabError, RuntimeError):
+    """Training cannot continue (for example, the loss stays non-finite after rollbacks)."""
+
+
+@dataclass
+class TrainState:
+    """Progress of a run; saved in every checkpoint's manifest."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # current pass over the training set
+    position: int = 0  # index of the next batch's first image in this epoch's order
+    lr_scale: float = 1.0  # product of the rollback factors applied so far
+    rollbacks: int = 0
+    rejected: int = 0  # steps rejected for a non-finite loss or gradient, in total
+    images_seen: int = 0
+    best_bpd: float | None = None
+    elapsed_s: float = 0.0  # training wall time, summed over resumes
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Test bits/dim: mean and standard error over images (each averaged over the draws)."""
+
+    bpd: float
+    sem: float
+    prior_bpd: float
+    logdet_bpd: float
+    n_images: int
+    draws: int
+    accuracy: float | None = None  # class-conditional models: classifier accuracy
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` as a device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _order_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+
+
+class Trainer:
+    """Trains a flow model as :class:`~glowlab.config.TrainConfig` says, in ``out_dir``.
+
+    ``out_dir`` receives ``config.json`` (the resolved config), ``log.jsonl``,
+    ``checkpoints/`` (``last`` and ``best``), ``samples/`` and, when TensorBoard is
+    installed, ``tensorboard/``. With ``resume=True`` the run continues from
+    ``checkpoints/last.json``; its model section must match ``config``.
+    """
+
+    def __init__(
+        self, config: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"Trainer expects a TrainConfig, got {type(config).__name__}")
+        # -- setup ---------------------------------------------------------------------
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        last = self.checkpoint_dir / "last.json"
+        if resume and not last.is_file():
+            raise FileNotFoundError(f"cannot resume: {last} does not exist")
+        if not resume and last.is_file():
+            raise ValueError(
+                f"{self.out_dir} already holds a run; resume it (--resume) or choose another folder"
+            )
+        self.device = resolve_device(config.device)
+        self.dtype = {"float32": torch.float32, "float64": torch.float64}[config.train.dtype]
+        self.state = TrainState()
+        _seed_everything(config.seed)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+
+        # -- data ----------------------------------------------------------------------
+        from .data import get_dataset  # imported here: only training needs the loaders
+
+        d = config.data
+        kwargs = dict(data_dir=d.data_dir, download=d.download, image_size=d.image_size)
+        train = get_dataset(d.name, "train", **kwargs)  # type: ignore[arg-type]
+        test = get_dataset(d.name, "test", **kwargs)  # type: ignore[arg-type]
+        n = len(train) if d.max_train_images is None else min(d.max_train_images, len(train))
+        self.train_images, self.train_labels = self._to_device(train.images[:n], train.labels[:n])
+        self.test_images, self.test_labels = self._to_device(test.images, test.labels)
+        if config.train.batch_size > n:
+            raise ValueError(
+                f"train.batch_size={config.train.batch_size} is larger than the {n} training images"
+            )
+        self.image_shape: tuple[int, int, int] = tuple(train.images.shape[1:])  # type: ignore[assignment]
+        self.dims = math.prod(self.image_shape)
+        self._order: tuple[int, Tensor] | None = None
+
+        # -- model ---------------------------------------------------------------------
+        kwargs = config.model_kwargs(self.image_shape)
+        try:
+            self.model: FlowModel = build_model_on(
+                config.model.name, kwargs, self.device, self.dtype
+            )
+        except TypeError as exc:
+            raise ValueError(f"model config: {exc}") from None
+        self.model.set_memory_mode(config.train.memory_mode)
+        self.ema: FlowModel | None = None  # created after the ActNorm init
+
+        # -- optimizer -----------------------------------------------------------------
+        o = config.optim
+        optimizer_class = {
+            "adam": torch.optim.Adam,
+            "adamw": torch.optim.AdamW,
+            "adamax": torch.optim.Adamax,
+        }[o.name]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = optimizer_class(
+            self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
+
+        # -- logging and restore -------------------------------------------------------
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.out_dir / "config.json")
+        tb = str(self.out_dir / "tensorboard") if config.train.tensorboard else None
+        self.log = RunLog(self.out_dir / "log.jsonl", tensorboard_dir=tb)
+        if resume:
+            self._restore(last, check_config=True)
+            self.log.event(self.state.step, f"resumed from {last} at step {self.state.step}")
+        else:
+            self._initialize()
+
+    # -- data ----------------------------------------------------------------------------
+    def _to_device(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        # Small datasets live on the device so a batch is one indexing op, with no copies.
+        if self.device.type == "cuda" and images.numel() < 2**31:
+            return images.to(self.device), labels.to(self.device)
+        return images, labels
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        """The data order of ``epoch``: a permutation that depends only on the seed and epoch."""
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(_order_seed(self.config.seed, epoch))
+            order = torch.randperm(len(self.train_images), generator=g)
+            self._order = (epoch, order.to(self.train_images.device))
+        return self._order[1]
+
+    def _next_batch(self) -> tuple[Tensor, Tensor | None]:
+        """The next training batch as dequantized floats (and labels for conditional models)."""
+        b, n = self.config.train.batch_size, len(self.train_images)
+        if self.state.position + b > n:  # drop the last incomplete batch of each epoch
+            self.state.epoch, self.state.position = self.state.epoch + 1, 0
+        index = self._epoch_order(self.state.epoch)[self.state.position : self.state.position + b]
+        self.state.position += b
+        images = self.train_images[index].to(self.device, non_blocking=True)
+        labels = self.train_labels[index].to(self.device, non_blocking=True)
+        return self._prepare(images, augment=True), labels if self.model.conditional else None
+
+    def _prepare(self, images: Tensor, augment: bool) -> Tensor:
+        d = self.config.data
+        if augment and d.random_shift:
+            from .data import random_shift
+
+            images = random_shift(images, d.random_shift, generator=self.generator)
+        if augment and d.random_flip:
+            from .data import random_flip
+
+            images = random_flip(images, generator=self.generator)
+        return dequantize(images, d.n_bits, dtype=self.dtype, generator=self.generator)
+
+    # -- model ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _initialize(self) -> None:
+        """Data-dependent init: one forward pass in train mode on ``init_batch_size`` images."""
+        n = min(self.config.train.init_batch_size, len(self.train_images))
+        g = torch.Generator().manual_seed(_order_seed(self.config.seed, -1))
+        index = torch.randperm(len(self.train_images), generator=g)[:n].to(self.train_images.device)
+        x = self._prepare(self.train_images[index].to(self.device), augment=False)
+        y = self.train_labels[index].to(self.device) if self.model.conditional else None
+        self.model.train()
+        self.model.evaluate(x, y)
+        if self.config.optim.ema_decay is not None:
+            self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.log.event(
+            0, f"initialized {self.model.name} on {n} images", parameters=self.num_parameters
+        )
+        self.save_checkpoint("last")  # a rollback target before the first step
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None or self.config.optim.ema_decay is None:
+            return
+        # Short runs start from a faster average: decay grows as (1 + t) / (10 + t).
+        t = self.state.step
+        decay = min(self.config.optim.ema_decay, (1 + t) / (10 + t))
+        ema_params = [p for p in self.ema.parameters()]
+        torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1 - decay)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    # -- optimizer -----------------------------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        """Linear warmup to ``optim.lr``, times the rollback scale."""
+        warmup = self.config.optim.warmup_steps
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return self.config.optim.lr * self.state.lr_scale * ramp
+
+    # -- the loop ------------------------------------------------------------------------
+    def loss_terms(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        """The objective and its logged terms (0-dim tensors, bits/dim and nats)."""
+        out = self.model.evaluate(x, y)
+        scale = 1.0 / (self.dims * math.log(2))
+        prior = -out.prior_log_prob.mean() * scale
+        logdet = -out.logdet.mean() * scale
+        bpd = prior + logdet + self.config.data.n_bits
+        terms = {"loss": bpd, "loss_bpd": bpd, "prior_bpd": prior, "logdet_bpd": logdet}
+        if y is not None:
+            ce = self.model.class_loss(out, y).mean()
+            terms["class_ce"] = ce
+            terms["loss"] = bpd + self.config.train.class_weight * ce
+        return terms
+
+    def train_step(self) -> dict[str, Tensor] | None:
+        """One step on the next batch; returns its terms, or None if it was rejected."""
+        x, y = self._next_batch()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.state.step)
+        self.model.train()
+        terms = self.loss_terms(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        clip = self.config.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.params, clip if clip is not None else math.inf
+        )
+        terms["grad_norm"] = grad_norm
+        if not bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.state.step += 1
+        self.state.images_seen += x.shape[0]
+        self._update_ema()
+        return {k: v.detach() for k, v in terms.items()}
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``train.steps``; returns the final test evaluation and paths."""
+        c = self.config.train
+        bar = _progress_bar(c.progress, c.steps, self.state.step)
+        names = ["loss_bpd", "prior_bpd", "logdet_bpd", "grad_norm"]
+        if self.model.conditional:
+            names.append("class_ce")
+        sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
+        count, failures = 0, 0
+        t_log = time.perf_counter()
+        t_start, elapsed0 = t_log, self.state.elapsed_s
+        try:
+            while self.state.step < c.steps:
+                step_before = self.state.step
+                terms = self.train_step()
+                if terms is None:
+                    failures += 1
+                    self.state.rejected += 1
+                    self.log.event(
+                        step_before,
+                        f"rejected step {step_before + 1}: non-finite loss or gradient "
+                        f"({failures} in a row); no update",
+                        rejected=True,
+                    )
+                    if failures >= c.nan_patience:
+                        self._rollback(failures)
+                        failures, count = 0, 0
+                        sums.zero_()
+                        t_log = time.perf_counter()
+                    continue
+                failures = 0
+                sums += torch.stack([terms[k] for k in names]).to(torch.float64)
+                count += 1
+                step = self.state.step
+                if bar is not None:
+                    bar.update(1)
+                if step % c.log_every == 0 or step == c.steps:
+                    now = time.perf_counter()
+                    values = (sums / count).tolist()
+                    record = dict(zip(names, values, strict=True))
+                    record.update(
+                        dequant_bpd=float(self.config.data.n_bits),
+                        lr=self.learning_rate(step - 1),
+                        images_per_s=count * c.batch_size / max(now - t_log, 1e-9),
+                        epoch=self.state.epoch,
+                    )
+                    self.log.write("train", step, **record)
+                    if bar is not None:
+                        bar.set_postfix(bpd=f"{record['loss_bpd']:.3f}", lr=f"{record['lr']:.1e}")
+                    sums.zero_()
+                    count, t_log = 0, now
+                self.state.elapsed_s = elapsed0 + time.perf_counter() - t_start
+                if c.eval_every and step % c.eval_every == 0 and step < c.steps:
+                    self._evaluate_and_log(final=False)
+                if c.sample_every and step % c.sample_every == 0 and step < c.steps:
+                    self.save_samples(self.out_dir / "samples" / f"step-{step:07d}.png")
+                if step % c.checkpoint_every == 0 and step < c.steps:
+                    self.save_checkpoint("last")
+        finally:
+            if bar is not None:
+                bar.close()
+        result = self._evaluate_and_log(final=True)
+        grid = self.save_samples(self.out_dir / "samples" / f"step-{self.state.step:07d}.png")
+        checkpoint = self.save_checkpoint("last")
+        self.log.close()
+        return {
+            "step": self.state.step,
+            "test_bpd": result.bpd,
+            "test_bpd_sem": result.sem,
+            "evaluation": result,
+            "samples": grid,
+            "checkpoint": checkpoint,
+            "elapsed_s": self.state.elapsed_s,
+        }
+
+    def _rollback(self, failures: int) -> None:
+        c = self.config.train
+        if self.state.rollbacks >= c.max_rollbacks:
+            message = (
+                f"training diverged: {failures} non-finite steps in a row at step "
+                f"{self.state.step} after {self.state.rollbacks} rollbacks; lower optim.lr, set "
+                "optim.grad_clip, or raise train.max_rollbacks"
+            )
+            self.log.event(self.state.step, message, stopped=True)
+            raise TrainingError(message)
+        lr_scale = self.state.lr_scale * c.rollback_lr_factor
+        rollbacks, rejected = self.state.rollbacks + 1, self.state.rejected
+        failed_at = self.state.step
+        last = self.checkpoint_dir / "last.json"
+        self._restore(last, check_config=False)
+        self.state.lr_scale, self.state.rollbacks, self.state.rejected = (
+            lr_scale,
+            rollbacks,
+            rejected,
+        )
+        self.log.event(
+            self.state.step,
+            f"rolled back from step {failed_at} to the checkpoint at step {self.state.step} after "
+            f"{failures} non-finite steps; learning rate scaled by {c.rollback_lr_factor} "
+            f"to {self.learning_rate(self.state.step):.3g}",
+            rollback=True,
+            lr_scale=lr_scale,
+        )
+
+    # -- evaluation and samples ----------------------------------------------------------
+    @property
+    def eval_model(self) -> FlowModel:
+        """The Polyak/EMA model when the run keeps one, otherwise the trained model."""
+        return self.ema if self.ema is not None else self.model
+
+    def evaluate(self, max_images: int | None = None, draws: int | None = None) -> EvalResult:
+        """Test bits/dim of :attr:`eval_model` (see :func:`evaluate_bits_per_dim`)."""
+        c = self.config.train
+        return evaluate_bits_per_dim(
+            self.eval_model,
+            self.test_images,
+            self.test_labels if self.model.conditional else None,
+            n_bits=self.config.data.n_bits,
+            batch_size=c.eval_batch_size,
+            max_images=max_images if max_images is not None else c.max_eval_images,
+            draws=draws if draws is not None else c.eval_draws,
+            seed=self.config.seed,
+        )
+
+    def _evaluate_and_log(self, final: bool) -> EvalResult:
+        result = self.evaluate()
+        record = dataclasses.asdict(result)
+        record["test_bpd"], record["test_bpd_sem"] = record.pop("bpd"), record.pop("sem")
+        self.log.write("eval", self.state.step, ema=self.ema is not None, final=final, **record)
+        if self.config.train.keep_best and (
+            self.state.best_bpd is None or result.bpd < self.state.best_bpd
+        ):
+            self.state.best_bpd = result.bpd
+            self.save_checkpoint("best")
+        return result
+
+    @torch.no_grad()
+    def save_samples(self, path: str | os.PathLike[str]) -> Path:
+        """A grid of samples, one row per ``train.sample_temperatures`` entry."""
+        c = self.config.train
+        grid = sample_grid(
+            self.eval_model,
+            c.sample_temperatures,
+            c.samples_per_row,
+            self.config.data.n_bits,
+            seed=self.config.seed,
+        )
+        return save_png(path, grid)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, name: str = "last") -> Path:
+        """Write ``checkpoints/NAME.json`` and its files (atomically); returns the manifest."""
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(self.generator),
+        }
+        return write_checkpoint(
+            self.checkpoint_dir / name,
+            self.model,
+            ema=self.ema,
+            train_config=self.config.to_dict(),
+            train_state=dataclasses.asdict(self.state),
+            state=state,
+            tag=f"{self.state.step:08d}",
+        )
+
+    def _restore(self, path: Path, check_config: bool) -> None:
+        checkpoint = read_checkpoint(path, map_location=self.device, with_state=True)
+        saved = checkpoint.manifest.get("train_config") or {}
+        if check_config:
+            mine = self.config.to_dict()
+            for section in ("model", "data"):
+                keys = ("model",) if section == "model" else ("name", "image_size", "n_bits")
+                old, new = saved.get(section, {}), mine[section]
+                diffs = [
+                    f"{section}.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
+                    for k in (new if section == "model" else keys)
+                    if old.get(k) != new.get(k)
+                ]
+                if diffs:
+                    raise CheckpointError(f"cannot resume {path}: config differs ({diffs[0]})")
+        load_weights(self.model, checkpoint.weights, path)
+        if checkpoint.ema is not None:
+            if self.ema is None:
+                self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+            load_weights(self.ema, checkpoint.ema, path)
+        assert checkpoint.state is not None
+        try:
+            self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"cannot restore the optimizer from {path}: {exc}") from None
+        _set_rng_state(checkpoint.state["rng"], self.generator)
+        self.state = TrainState(**checkpoint.manifest["train_state"])
+        self._order = None
+
+
+# -- evaluation and sampling (also used by the eval and sample commands) --------------------
+@torch.no_grad()
+def evaluate_bits_per_dim(
+    model: FlowModel,
+    images: Tensor,
+    labels: Tensor | None = None,
+    n_bits: int = 8,
+    batch_size: int = 500,
+    max_images: int | None = None,
+    draws: int = 1,
+    seed: int = 0,
+) -> EvalResult:
+    """Bits/dim of uint8 ``images`` under ``model``: mean and standard error over images.
+
+    Each image's bits/dim is averaged over ``draws`` dequantization draws; the standard
+    error is ``std / sqrt(N)`` over images. The noise comes from its own generator seeded
+    with ``seed``, so repeated evaluations are comparable and do not disturb training.
+    For a class-conditional model ``labels`` give ``log p(x | y)``.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    ref = next(iter(model.parameters()))
+    device, dtype = ref.device, ref.dtype
+    n = len(images) if max_images is None else min(max_images, len(images))
+    if tuple(images.shape[1:]) != model.image_shape:
+        raise ValueError(
+            f"the images are {tuple(images.shape[1:])} but the model expects {model.image_shape}"
+        )
+    dims = math.prod(model.image_shape)
+    scale = 1.0 / (dims * math.log(2))
+    generator = torch.Generator(device).manual_seed(seed + 1)
+    was_training = model.training
+    model.eval()
+    per_image = torch.zeros(n, dtype=torch.float64, device=device)
+    prior_sum = torch.zeros((), dtype=torch.float64, device=device)
+    logdet_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    for _ in range(draws):
+        for start in range(0, n, batch_size):
+            batch = images[start : min(start + batch_size, n)].to(device)
+            y = labels[start : start + len(batch)].to(device) if labels is not None else None
+            x = dequantize(batch, n_bits, dtype=dtype, generator=generator)
+            out = model.evaluate(x, y)
+            prior = -out.prior_log_prob.double() * scale
+            logdet = -out.logdet.double() * scale
+            per_image[start : start + len(batch)] += (prior + logdet + n_bits) / draws
+            prior_sum += prior.sum()
+            logdet_sum += logdet.sum()
+            if out.class_logits is not None and y is not None:
+                correct += (out.class_logits.argmax(1) == y).sum()
+    model.train(was_training)
+    bpd = per_image.mean().item()
+    sem = (per_image.std().item() / math.sqrt(n)) if n > 1 else float("nan")
+    accuracy = correct.item() / (n * draws) if labels is not None and model.conditional else None
+    return EvalResult(
+        bpd=bpd,
+        sem=sem,
+        prior_bpd=prior_sum.item() / (n * draws),
+        logdet_bpd=logdet_sum.item() / (n * draws),
+        n_images=n,
+        draws=draws,
+        accuracy=accuracy,
+    )
+
+
+@torch.no_grad()
+def sample_grid(
+    model: FlowModel,
+    temperatures: tuple[float, ...] | list[float],
+    per_row: int = 8,
+    n_bits: int = 8,
+    seed: int = 0,
+    min_size: int = 32,
+) -> Tensor:
+    """A uint8 grid ``(C, H', W')``: one row per temperature, the same latents in each column.
+
+    As in the Glow paper's temperature figures, row ``T`` decodes ``T * eps`` for a fixed
+    ``eps``, so the rows show the same samples at increasing temperature. Images smaller
+    than ``min_size`` pixels are enlarged (nearest neighbour) so the grid is viewable.
+    """
+    ref = next(iter(model.parameters()))
+    generator = torch.Generator(ref.device).manual_seed(seed + 2)
+    was_training = model.training
+    model.eval()
+    eps = model.sample_latents(per_row, 1.0, generator=generator)
+    y = None
+    if model.conditional:
+        assert model.num_classes is not None
+        y = torch.arange(per_row, device=ref.device) % model.num_classes
+    rows = [quantize(model.decode([t * e for e in eps], y), n_bits) for t in temperatures]
+    model.train(was_training)
+    return make_grid(upscale(torch.cat(rows), min_size), nrow=per_row)
+
+
+def upscale(images: Tensor, min_size: int = 32) -> Tensor:
+    """Enlarge small uint8 images by a whole factor (nearest neighbour) to ``min_size`` or more."""
+    factor = max(1, math.ceil(min_size / images.shape[-1]))
+    if factor == 1:
+        return images
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code may use
+    torch.manual_seed(seed)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]  # noqa: NPY002
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "python": list(random.getstate()),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    try:
+        generator.set_state(state["generator"].cpu())
+    except RuntimeError:  # saved on another kind of device: continue with a fresh stream
+        generator.manual_seed(int(torch.randint(2**62, (1,)).item()))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    numpy_state = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    np.random.set_state(numpy_state)  # noqa: NPY002
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # optional dependency
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)

@@ -1,0 +1,321 @@
+"""Training: configs and presets, an end-to-end run on real MNIST, exact resume after SIGKILL,
+and the non-finite-loss guard with rollback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import glowlab
+from glowlab import cli
+from glowlab.config import (
+    PRESETS,
+    TrainConfig,
+    apply_overrides,
+    get_preset,
+    load_config,
+    save_config,
+)
+from glowlab.errors import UsageError
+from glowlab.runlog import read_log
+from glowlab.train import Trainer, TrainingError
+
+TINY = [
+    "model.levels=2",
+    "model.steps=2",
+    "model.hidden_channels=16",
+    "train.batch_size=32",
+    "train.init_batch_size=64",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "train.max_eval_images=64",
+    "train.samples_per_row=4",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "device=cpu",
+]
+
+
+def _digits(*overrides: str) -> TrainConfig:
+    base = ["data.max_train_images=128", "optim.warmup_steps=5", *TINY, *overrides]
+    return apply_overrides(get_preset("glow-digits"), base)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train fastest on one thread, and far faster so when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- configuration ---------------------------------------------------------------------
+def test_presets_are_complete() -> None:
+    required = {"glow-cifar10", "glow-cifar10-additive", "glow-mnist", "realnvp-cifar10"}
+    assert required | {"nice-mnist", "glow-celeba64", "glow-digits"} <= set(PRESETS)
+    c = PRESETS["glow-cifar10"]
+    assert (c.model.name, c.data.name, c.data.n_bits, c.optim.name, c.optim.lr) == (
+        "glow", "cifar10", 8, "adamax", 1e-3,
+    )  # fmt: skip
+    options = c.model.options
+    assert (options["levels"], options["steps"], options["hidden_channels"]) == (3, 32, 512)
+    assert (options["coupling"], options["permutation"], options["learn_top"]) == (
+        "affine", "conv1x1_lu", True,
+    )  # fmt: skip
+    assert c.optim.warmup_steps > 0
+    assert PRESETS["glow-cifar10-additive"].model.options["coupling"] == "additive"
+    celeba = PRESETS["glow-celeba64"]
+    assert (celeba.data.n_bits, celeba.model.options["coupling"]) == (5, "additive")
+    for name, preset in PRESETS.items():
+        assert TrainConfig.from_dict(preset.to_dict()) == preset, name
+
+
+def test_overrides_reach_every_section() -> None:
+    config = apply_overrides(
+        get_preset("glow-cifar10"),
+        ["model.steps=8", "train.batch_size=32", "optim.betas=[0.9, 0.99]", "seed=3",
+         "model.coupling=additive", "data.random_shift=2", "optim.grad_clip=null"],
+    )  # fmt: skip
+    assert config.model.options["steps"] == 8 and config.model.options["coupling"] == "additive"
+    assert config.train.batch_size == 32 and config.optim.betas == (0.9, 0.99)
+    assert config.seed == 3 and config.data.random_shift == 2 and config.optim.grad_clip is None
+    assert get_preset("glow-cifar10").model.options["steps"] == 32  # presets are not mutated
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=abc", "train.batch_size must be an integer"),
+        ("train.batch_size=0", "train.batch_size must be > 0"),
+        ("model.widht=3", "model 'glow' has no option 'widht'"),
+        ("optim.name=sgd", "optim.name must be one of adam, adamw, adamax"),
+        ("nonsense=1", "unknown config field 'nonsense'"),
+        ("train.steps", "must look like NAME=VALUE"),
+        ("data.n_bits=9", "data.n_bits must be an integer from 1 to 8"),
+        ("model.name=nice", None),
+    ],
+)
+def test_bad_overrides_are_rejected(override: str, message: str | None) -> None:
+    if message is None:  # switching models drops the options of the old one
+        assert apply_overrides(get_preset("glow-mnist"), [override]).model.options == {}
+        return
+    with pytest.raises(UsageError, match=message):
+        apply_overrides(get_preset("glow-mnist"), [override])
+
+
+def test_config_file_round_trip(tmp_path: Path) -> None:
+    config = _digits("seed=7")
+    save_config(config, tmp_path / "c.json")
+    assert load_config(tmp_path / "c.json") == config
+    (tmp_path / "partial.json").write_text('{"preset": "glow-mnist", "train": {"steps": 5}}')
+    partial = load_config(tmp_path / "partial.json")
+    assert partial.train.steps == 5 and partial.model == get_preset("glow-mnist").model
+
+
+def test_data_order_depends_only_on_seed_and_epoch(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    a = Trainer(_digits(), tmp_path / "a")
+    b = Trainer(_digits(), tmp_path / "b")
+    assert torch.equal(a._epoch_order(3), b._epoch_order(3))
+    assert not torch.equal(a._epoch_order(3), a._epoch_order(4))
+
+
+# -- end to end on real MNIST ----------------------------------------------------------------
+def test_train_eval_sample_on_mnist(shared_data: Path, tmp_path: Path, capsys) -> None:
+    torch.set_default_dtype(torch.float32)
+    config = apply_overrides(
+        get_preset("glow-mnist"),
+        [*TINY, f"data.data_dir={shared_data}", "data.image_size=null",
+         "data.max_train_images=256", "train.steps=12", "optim.warmup_steps=4",
+         "train.eval_every=6", "train.sample_every=6", "train.log_every=4"],
+    )  # fmt: skip
+    run = tmp_path / "run"
+    result = Trainer(config, run).fit()
+    assert result["step"] == 12
+    assert 0 < result["test_bpd"] < 8 and 0 < result["test_bpd_sem"] < 0.5
+    records = list(read_log(run / "log.jsonl"))
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [4, 8, 12]
+    for r in train:  # the three terms add up to the loss
+        assert r["prior_bpd"] + r["logdet_bpd"] + r["dequant_bpd"] == pytest.approx(r["loss_bpd"])
+        assert {"grad_norm", "lr", "images_per_s", "epoch"} <= set(r)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [6, 12] and evals[-1]["n_images"] == 64
+    assert (run / "samples" / "step-0000006.png").is_file()
+    assert json.loads((run / "config.json").read_text()) == config.to_dict()
+
+    model = glowlab.load(run)
+    assert model.image_shape == (1, 28, 28)
+    from glowlab.data import get_dataset
+
+    test = get_dataset("mnist", "test", data_dir=shared_data)
+    bpd = glowlab.bits_per_dim(model, test.images[:64]).mean().item()
+    assert bpd == pytest.approx(result["test_bpd"], abs=0.05)
+
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--max-images", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_images"] == 64 and report["bpd"] == pytest.approx(result["test_bpd"], abs=0.05)
+    out = tmp_path / "grid.png"
+    assert cli.main(["sample", str(run), "--n", "4", "--sweep", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_class_conditional_training(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    config = _digits("model.num_classes=10", "train.steps=4", "train.class_weight=0.5")
+    trainer = Trainer(config, tmp_path)
+    result = trainer.fit()
+    records = [r for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "train"]
+    assert all(r["class_ce"] > 0 for r in records)
+    assert result["evaluation"].accuracy is not None
+    assert glowlab.load(tmp_path).num_classes == 10
+
+
+# -- exact resume after SIGKILL -----------------------------------------------------------------
+def _train_command(out: Path, steps: int, *extra: str) -> list[str]:
+    sets = ["data.max_train_images=128", "optim.warmup_steps=5", *TINY, "train.checkpoint_every=5",
+            "train.keep_best=false", f"train.steps={steps}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "glowlab",
+        "train",
+        "--preset",
+        "glow-digits",
+        "--out",
+        str(out),
+    ]
+    return command + [arg for s in sets for arg in ("--set", s)] + list(extra)
+
+
+def _losses(log: Path) -> dict[int, float]:
+    losses = {}
+    for record in read_log(log):
+        if record["kind"] == "train":
+            losses[record["step"]] = record["loss_bpd"]  # a resumed run's record wins
+    return losses
+
+
+def test_resume_after_sigkill_reproduces_the_losses(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_train_command(reference, 25), env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_command(killed, 10_000),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = killed / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if manifest.is_file() and json.loads(manifest.read_text())["train_state"]["step"] >= 5:
+                break
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    stopped_at = json.loads(manifest.read_text())["train_state"]["step"]
+    assert 5 <= stopped_at < 25
+
+    resume = [sys.executable, "-m", "glowlab", "train", "--out", str(killed), "--resume",
+              "--set", "train.steps=25", "--no-progress"]  # fmt: skip
+    subprocess.run(resume, env=env, check=True, capture_output=True)
+    expected, got = _losses(reference / "log.jsonl"), _losses(killed / "log.jsonl")
+    assert sorted(got) == sorted(expected) == list(range(1, 26))
+    assert got == expected  # exact equality, step by step
+    events = [r["message"] for r in read_log(killed / "log.jsonl") if r["kind"] == "event"]
+    assert any(m.startswith("resumed from") and f"step {stopped_at}" in m for m in events)
+
+
+def test_resume_refuses_another_model(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    Trainer(_digits("train.steps=1"), tmp_path).fit()
+    with pytest.raises(glowlab.checkpoint.CheckpointError, match=r"config differs.*model"):
+        Trainer(_digits("model.hidden_channels=8"), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(_digits(), tmp_path)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        Trainer(_digits(), tmp_path / "empty", resume=True)
+
+
+# -- the non-finite guard -------------------------------------------------------------------------
+def _poison(trainer: Trainer, bad_calls: set[int] | None) -> list[int]:
+    """Make the training loss NaN on the given training-mode calls (all of them for None)."""
+    calls: list[int] = []
+    evaluate = trainer.model.evaluate
+
+    def poisoned(x, y=None):
+        out = evaluate(x, y)
+        if trainer.model.training:
+            calls.append(len(calls) + 1)
+            if bad_calls is None or calls[-1] in bad_calls:
+                out.prior_log_prob = out.prior_log_prob * math.nan
+        return out
+
+    trainer.model.evaluate = poisoned  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_non_finite_step_is_rejected_without_an_update(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    trainer = Trainer(_digits("train.steps=3"), tmp_path)
+    _poison(trainer, {1})
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.train_step() is None
+    assert trainer.state.step == 0
+    for p, q in zip(trainer.model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    assert not trainer.optimizer.state  # the optimizer never stepped
+    trainer.train_step()
+    assert trainer.state.step == 1 and trainer.optimizer.state
+
+
+def test_repeated_failures_roll_back_with_a_lower_learning_rate(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    config = _digits("train.steps=8", "train.checkpoint_every=2", "train.nan_patience=2")
+    trainer = Trainer(config, tmp_path)
+    _poison(trainer, {3, 6, 7})  # call 3 is a lone failure; calls 6 and 7 trigger a rollback
+    result = trainer.fit()
+    assert result["step"] == 8 and trainer.state.rollbacks == 1 and trainer.state.lr_scale == 0.5
+    events = [r["message"] for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
+    rejected = [m for m in events if m.startswith("rejected step")]
+    assert len(rejected) == 3 and "no update" in rejected[0]
+    rollback = [m for m in events if m.startswith("rolled back")]
+    assert len(rollback) == 1
+    assert (
+        "to the checkpoint at step 4" in rollback[0]
+        and "learning rate scaled by 0.5" in rollback[0]
+    )
+    train = [r for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "train"]
+    assert train[-1]["lr"] == pytest.approx(0.5 * config.optim.lr)
+
+
+def test_persistent_failures_stop_with_a_clear_error(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    config = _digits("train.steps=5", "train.nan_patience=2", "train.max_rollbacks=2")
+    trainer = Trainer(config, tmp_path)
+    _poison(trainer, None)
+    with pytest.raises(TrainingError, match=r"training diverged.*after 2 rollbacks"):
+        trainer.fit()
+    events = [r for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
+    assert sum("rollback" in r for r in events) == 2 and events[-1].get("stopped")
