@@ -1,0 +1,177 @@
+"""Learning speed: train for a fixed wall-clock time, then bits/dim on the full test set.
+
+The protocol: the training set is loaded into memory (on the device) before the clock
+starts; the clock then counts training steps only (sampling a batch, dequantizing it,
+forward, backward, Adamax update with a linear learning-rate warmup), not model building,
+data loading or evaluation. When ``--seconds`` of training have passed, the model is put in
+evaluation mode and the bits/dim of every test image is computed (uniform dequantization
+noise, fixed seed). This is a plain loop, independent of ``glowlab.train``, so that the
+figure measures the model and its layers.
+
+Data: ``--data-dir`` holds ``mnist/{train,test}.npz`` and ``cifar10/{train_0..4,test}.npz``
+(arrays ``images`` uint8 NHWC and ``labels``).
+
+Examples:
+    python benchmarks/bench_learning.py --dataset mnist --seconds 60      # CPU, small model
+    python benchmarks/bench_learning.py --device cuda --dataset cifar10 --seconds 200 \\
+        --model glow-cifar10 --batch-size 64 --precision tf32 --json learning-cifar10.json
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import (
+    MEMORY_MODES,
+    MODEL_CONFIGS,
+    PRECISIONS,
+    REPO_ROOT,
+    base_parser,
+    build_model,
+    check_precision,
+    precision_context,
+    report,
+    setup,
+    synchronize,
+)
+from torch import Tensor
+
+import glowlab
+from glowlab.metrics import bits_per_dim_from_log_prob
+
+DATASETS = {"mnist": ["train"], "cifar10": [f"train_{k}" for k in range(5)]}
+
+
+def load_split(data_dir: Path, dataset: str, split: str) -> Tensor:
+    """uint8 images ``(N, C, H, W)`` of ``dataset``'s ``split`` ("train" or "test")."""
+    names = DATASETS[dataset] if split == "train" else ["test"]
+    paths = [data_dir / dataset / f"{name}.npz" for name in names]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"dataset files not found: {', '.join(missing)}; pass --data-dir")
+    arrays = [np.load(p)["images"] for p in paths]
+    return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def test_bits_per_dim(
+    model: glowlab.Glow, images: Tensor, batch: int, n_bits: int, precision: str, seed: int
+) -> float:
+    model.eval()
+    generator = torch.Generator(images.device).manual_seed(seed)
+    total = 0.0
+    for start in range(0, images.shape[0], batch):
+        chunk = images[start : start + batch]
+        x = glowlab.dequantize(chunk, n_bits, dtype=torch.float32, generator=generator)
+        with precision_context(precision, model):
+            log_prob = model.log_prob(x)
+        total += float(bits_per_dim_from_log_prob(log_prob, model.dims, n_bits).double().sum())
+    model.train()
+    return total / images.shape[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO_ROOT.parent / "shared" / "data",
+        help="folder with mnist/ and cifar10/ (default: ../shared/data from the repository root)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="training time (default: 60 on CPU, 200 on CUDA)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: 32 on CPU, 64 on CUDA"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adamax learning rate")
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="linear learning-rate warmup (default: 50 on CPU, 500 on CUDA)",
+    )
+    parser.add_argument("--n-bits", type=int, default=8)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--memory-mode", default="standard", choices=MEMORY_MODES)
+    parser.add_argument("--eval-batch", type=int, default=500)
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="evaluate on the first N test images only (default: all)",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
+    device = setup(args, default_cpu_model="small-mnist" if args.dataset == "mnist" else "small")
+    if args.model == "glow-cifar10" and args.dataset == "mnist" and args.device == "auto":
+        args.model = "glow-mnist"  # the CUDA default follows the dataset
+    cuda = device.type == "cuda"
+    seconds = args.seconds if args.seconds is not None else (200.0 if cuda else 60.0)
+    batch = args.batch_size or (64 if cuda else 32)
+    warmup_steps = args.warmup_steps if args.warmup_steps is not None else (500 if cuda else 50)
+    if (why := check_precision(args.precision, device)) is not None:
+        parser.error(why)
+
+    train = load_split(args.data_dir, args.dataset, "train").to(device)
+    test = load_split(args.data_dir, args.dataset, "test").to(device)
+    if args.test_limit:
+        test = test[: args.test_limit]
+    shape = tuple(MODEL_CONFIGS[args.model]["image_shape"])
+    if tuple(train.shape[1:]) != shape:
+        parser.error(f"model {args.model} expects images {shape}, {args.dataset} has "
+                     f"{tuple(train.shape[1:])}")  # fmt: skip
+
+    model = build_model(args.model, device).set_memory_mode(args.memory_mode)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=args.lr)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    offset = args.n_bits * math.log(2) * model.dims  # log-likelihood of the discretization
+
+    losses: list[float] = []
+    steps, trained = 0, 0.0
+    synchronize(device)
+    while trained < seconds:
+        start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (steps + 1) / max(warmup_steps, 1))
+        idx = torch.randint(train.shape[0], (batch,), device=device, generator=generator)
+        x = glowlab.dequantize(train[idx], args.n_bits, dtype=torch.float32, generator=generator)
+        with precision_context(args.precision, model):
+            log_prob = model.log_prob(x)
+        loss = -(log_prob.mean() - offset) / (model.dims * math.log(2))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())  # a host synchronisation, so the clock sees the finished step
+        trained += time.perf_counter() - start
+        if not math.isfinite(value):
+            raise SystemExit(f"the training loss became {value} at step {steps}")
+        losses.append(value)
+        steps += 1
+        if steps % 50 == 0:
+            print(f"  step {steps:6d}  {trained:7.1f} s  train bits/dim {value:.3f}")
+
+    eval_start = time.perf_counter()
+    test_bpd = test_bits_per_dim(model, test, args.eval_batch, args.n_bits, args.precision, 1234)
+    eval_seconds = time.perf_counter() - eval_start
+    rows = [{
+        "dataset": args.dataset, "model": args.model, "precision": args.precision,
+        "batch": batch, "train_seconds": trained, "steps": steps, "images": steps * batch,
+        "train_bpd_last50": statistics.mean(losses[-50:]), "test_images": test.shape[0],
+        "test_bpd": test_bpd, "eval_seconds": eval_seconds,
+    }]  # fmt: skip
+    columns = ["dataset", "model", "precision", "batch", "train_seconds", "steps", "images",
+               "train_bpd_last50", "test_images", "test_bpd", "eval_seconds"]  # fmt: skip
+    report(args, device, rows, columns, lr=args.lr, warmup_steps=warmup_steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Training throughput: images/s per batch size, precision and memory mode.
+
+One training step is forward, backward and an Adamax update on random 8-bit images. The
+achieved TFLOP/s is the FLOP count of one standard fp32 step (matmuls and convolutions, by
+``torch.utils.flop_counter.FlopCounterMode``) divided by the measured step time, so the
+memory-saving modes, which recompute, are charged only for the model's useful work. The
+ceiling is a large square matmul timed by this script in the same precision.
+
+Examples:
+    python benchmarks/bench_train.py                      # CPU: small Glow, batch 16 and 32
+    python benchmarks/bench_train.py --device cuda --model glow-cifar10 \\
+        --batch-sizes 64,128,256,512 --precisions fp32,tf32,bf16 --json train.json
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from common import (
+    MEMORY_MODES,
+    base_parser,
+    build_model,
+    check_precision,
+    csv_list,
+    matmul_tflops,
+    median_seconds,
+    precision_context,
+    random_images,
+    report,
+    setup,
+)
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from glowlab.models.base import FlowModel
+from glowlab.speed import compile_flow_steps
+
+
+def bits_per_dim_loss(model: FlowModel, x: Tensor) -> Tensor:
+    """Mean negative log-likelihood in bits per dimension (the 8-bit dequantization offset
+    is a constant and left out)."""
+    return -model.log_prob(x).mean() / (model.dims * math.log(2))
+
+
+def training_step(
+    model: FlowModel, optimizer: torch.optim.Optimizer, x: Tensor, precision: str
+) -> Callable[[], None]:
+    def step() -> None:
+        with precision_context(precision, model):
+            loss = bits_per_dim_loss(model, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_flops(model: FlowModel, x: Tensor) -> int:
+    """FLOPs of one standard fp32 forward and backward pass on ``x``."""
+    model.set_memory_mode("standard")
+    with FlopCounterMode(display=False) as counter:
+        bits_per_dim_loss(model, x).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--batch-sizes",
+        type=csv_list(int),
+        default=None,
+        help="default: 16,32 on CPU; 64,128,256,512 on CUDA",
+    )
+    parser.add_argument(
+        "--precisions",
+        type=csv_list(str),
+        default=None,
+        help="fp32, tf32 (CUDA), bf16; default: fp32 on CPU, all three on CUDA",
+    )
+    parser.add_argument("--memory-modes", type=csv_list(str), default=list(MEMORY_MODES))
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per setting (median)")
+    parser.add_argument(
+        "--matmul-size",
+        type=int,
+        default=None,
+        help="side of the ceiling matmul (default 1024 on CPU, 8192 on CUDA)",
+    )
+    parser.add_argument("--compile", action="store_true", help="glowlab.speed.compile_flow_steps")
+    args = parser.parse_args(argv)  # fmt: skip
+    device = setup(args)
+    cuda = device.type == "cuda"
+    batch_sizes = args.batch_sizes or ([64, 128, 256, 512] if cuda else [16, 32])
+    precisions = args.precisions or (["fp32", "tf32", "bf16"] if cuda else ["fp32"])
+    matmul_size = args.matmul_size or (8192 if cuda else 1024)
+    for precision in precisions:
+        if (why := check_precision(precision, device)) is not None:
+            parser.error(why)
+    for mode in args.memory_modes:
+        if mode not in MEMORY_MODES:
+            parser.error(f"unknown memory mode {mode!r}; choose from {', '.join(MEMORY_MODES)}")
+
+    model = build_model(args.model, device)
+    model.train()
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        model.log_prob(random_images(model.image_shape, batch_sizes[0], device, generator))
+    if args.compile:
+        compile_flow_steps(model)
+    ceilings = {p: matmul_tflops(p, device, matmul_size) for p in precisions}
+
+    rows = []
+    for batch in batch_sizes:
+        x = random_images(model.image_shape, batch, device, generator)
+        flops = step_flops(model, x)
+        for precision in precisions:
+            for mode in args.memory_modes:
+                model.set_memory_mode(mode)  # type: ignore[arg-type]
+                step = training_step(model, optimizer, x, precision)
+                seconds = median_seconds(step, device, args.warmup, args.repeats)
+                tflops = flops / seconds / 1e12
+                rows.append({
+                    "batch": batch, "precision": precision, "memory_mode": mode,
+                    "step_ms": 1e3 * seconds, "images_per_s": batch / seconds,
+                    "gflop_per_step": flops / 1e9, "tflop_per_s": tflops,
+                    "matmul_ceiling_tflop_per_s": ceilings[precision],
+                    "fraction_of_ceiling": tflops / ceilings[precision],
+                })  # fmt: skip
+                print(f"  batch {batch:4d} {precision:5s} {mode:10s} {batch / seconds:9.1f} img/s")
+        model.set_memory_mode("standard")
+
+    columns = ["batch", "precision", "memory_mode", "step_ms", "images_per_s", "gflop_per_step",
+               "tflop_per_s", "matmul_ceiling_tflop_per_s", "fraction_of_ceiling"]  # fmt: skip
+    report(args, device, rows, columns, compiled=args.compile, matmul_size=matmul_size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""What the benchmark scripts share: model configs, devices, precisions, timing, reporting.
+
+Every script is run from the repository root as ``python benchmarks/<script>.py``; this
+module is imported as ``common`` from the scripts' own directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import glowlab
+from glowlab.models.base import FlowModel
+from glowlab.speed import autocast
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Model configurations by name: the papers' Glow models and small ones for CPU runs.
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "glow-cifar10": dict(
+        image_shape=(3, 32, 32), levels=3, steps=32, hidden_channels=512, coupling="affine",
+        permutation="conv1x1_lu", learn_top=True,
+    ),
+    "glow-mnist": dict(
+        image_shape=(1, 28, 28), levels=2, steps=32, hidden_channels=512, coupling="affine",
+        permutation="conv1x1_lu", learn_top=True,
+    ),
+    "small": dict(
+        image_shape=(3, 32, 32), levels=3, steps=8, hidden_channels=64, coupling="affine",
+        permutation="conv1x1_lu", learn_top=True,
+    ),
+    "small-mnist": dict(
+        image_shape=(1, 28, 28), levels=2, steps=8, hidden_channels=64, coupling="affine",
+        permutation="conv1x1_lu", learn_top=True,
+    ),
+}  # fmt: skip
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+MEMORY_MODES = ("standard", "invertible", "checkpoint")
+
+
+# -- command line ------------------------------------------------------------------------------
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options every script takes: device, model, JSON output, threads."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--model",
+        default=None,
+        choices=sorted(MODEL_CONFIGS),
+        help="model config (default: 'small' on CPU, 'glow-cifar10' on CUDA)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def csv_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse type for comma-separated values: ``"16,32"`` -> ``[16, 32]``."""
+
+    def parse(text: str) -> list[Any]:
+        return [kind(item) for item in text.split(",") if item]
+
+    return parse
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for, but CUDA is not available")
+    return device
+
+
+def setup(args: argparse.Namespace, default_cpu_model: str = "small") -> torch.device:
+    """Apply ``--threads`` and ``--seed``; pick the device and the default model."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    if args.model is None:
+        args.model = default_cpu_model if device.type == "cpu" else "glow-cifar10"
+    return device
+
+
+# -- models and data ---------------------------------------------------------------------------
+def build_model(name: str, device: torch.device) -> FlowModel:
+    """A float32 Glow of config ``name``, built directly on ``device``."""
+    config = dict(MODEL_CONFIGS[name])
+    shape = tuple(config.pop("image_shape"))
+    with torch.device(device):
+        return glowlab.Glow(shape, **config)  # type: ignore[arg-type]
+
+
+def random_images(
+    shape: Sequence[int], batch: int, device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """Dequantized random 8-bit images ``(batch, *shape)`` in [-0.5, 0.5), float32."""
+    pixels = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=generator)
+    return glowlab.dequantize(pixels, dtype=torch.float32, generator=generator).to(device)
+
+
+# -- precision ---------------------------------------------------------------------------------
+def check_precision(precision: str, device: torch.device) -> str | None:
+    """Why ``precision`` cannot run on ``device``, or ``None`` when it can."""
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}"
+    if precision == "tf32" and device.type != "cuda":
+        return "tf32 exists on CUDA only"
+    return None
+
+
+@contextmanager
+def precision_context(precision: str, model: FlowModel) -> Iterator[None]:
+    """fp32: plain float32 (TF32 off); tf32: TF32 matmuls and convolutions (CUDA);
+    bf16: coupling networks under bfloat16 autocast, likelihood in float32
+    (:func:`glowlab.speed.autocast`)."""
+    tf32 = precision == "tf32"
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        with autocast(model, torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def matmul_tflops(precision: str, device: torch.device, size: int, repeats: int = 5) -> float:
+    """Measured TFLOP/s of a ``size x size`` matmul in ``precision``: the ceiling to compare to."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    tf32 = precision == "tf32"
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        seconds = median_seconds(lambda: a @ b, device, warmup=2, repeats=repeats)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return 2 * size**3 / seconds / 1e12
+
+
+# -- timing ------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
+) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_seconds(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    return statistics.median(time_calls(fn, device, warmup, repeats))
+
+
+# -- reporting ---------------------------------------------------------------------------------
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(device: torch.device) -> str:
+    """One line: the GPU, or the CPU model with its usable cores and torch's thread count."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_model()}, {cores} cores usable, {torch.get_num_threads()} torch threads"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Date, hardware and software versions, for the JSON output."""
+    return {
+        "date": _dt.date.today().isoformat(),
+        "hardware": hardware_description(device),
+        "device": str(device),
+        "torch": torch.__version__,
+        "glowlab": glowlab.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Print ``rows`` as an aligned text table (also valid Markdown)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+        return "-" if value is None else str(value)
+
+    table = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in table:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |")
+
+
+def report(
+    args: argparse.Namespace,
+    device: torch.device,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    **extra: Any,
+) -> None:
+    """Print the environment and the table; write everything to ``--json`` if given."""
+    env = environment(device)
+    print(f"# {env['date']}  {env['hardware']}  torch {env['torch']}  model {args.model}")
+    for key, value in extra.items():
+        print(f"# {key}: {value}")
+    print_table(rows, columns)
+    if args.json is not None:
+        payload = {"environment": env, "args": _jsonable(vars(args)), **extra, "results": rows}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"# wrote {args.json}")
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}

@@ -1,0 +1,91 @@
+"""The opt-in fast paths compute the same likelihood as the plain eager model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import glowlab
+from glowlab.metrics import bits_per_dim_from_log_prob
+from glowlab.speed import autocast, channels_last_input, compile_flow_steps, to_channels_last
+
+
+def _trained_like_glow(shape: tuple[int, int, int] = (3, 8, 8), **kwargs: int) -> glowlab.Glow:
+    options = {"levels": 2, "steps": 2, "hidden_channels": 8, **kwargs}
+    model = glowlab.Glow(shape, **options)
+    model.log_prob(torch.rand(8, *shape) - 0.5)  # ActNorm's init
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture
+def float32() -> None:
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores float64 afterwards
+
+
+def test_compiled_steps_match_eager() -> None:
+    model = _trained_like_glow()
+    x = torch.rand(4, 3, 8, 8) - 0.5
+    expected = model.log_prob(x)
+    keys = list(model.state_dict())
+    torch.manual_seed(3)
+    expected_samples = model.eval().sample(2, 0.7)
+    model.train()
+    # aot_eager traces every layer through dynamo and AOT autograd without a C compiler.
+    compile_flow_steps(model, backend="aot_eager")
+    assert list(model.state_dict()) == keys
+    log_prob = model.log_prob(x)
+    assert torch.allclose(log_prob, expected, rtol=1e-5)
+    log_prob.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    torch.manual_seed(3)
+    assert torch.allclose(model.eval().sample(2, 0.7), expected_samples, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(
+    os.environ.get("GLOWLAB_TEST_INDUCTOR") != "1",
+    reason="inductor compilation takes over a minute on a small CPU; set GLOWLAB_TEST_INDUCTOR=1",
+)
+def test_inductor_compiled_steps_match_eager(float32: None) -> None:
+    model = _trained_like_glow(levels=1, steps=1)
+    x = torch.rand(4, 3, 8, 8) - 0.5
+    expected = model.log_prob(x)
+    compile_flow_steps(model, inverse=False)
+    assert torch.allclose(model.log_prob(x), expected, rtol=1e-5)
+
+
+def test_bf16_coupling_autocast_keeps_bits_per_dim(float32: None) -> None:
+    model = _trained_like_glow((3, 16, 16), hidden_channels=32)
+    x = torch.rand(16, 3, 16, 16) - 0.5
+    reference = bits_per_dim_from_log_prob(model.log_prob(x), 3 * 16 * 16)
+    with autocast(model, torch.bfloat16):
+        log_prob = model.log_prob(x)
+        log_prob.mean().backward()
+    assert log_prob.dtype == torch.float32
+    bpd = bits_per_dim_from_log_prob(log_prob, 3 * 16 * 16)
+    assert (bpd.mean() - reference.mean()).abs() < 0.01
+    assert not torch.equal(bpd, reference)  # the networks really ran in bfloat16
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    nets = [m.net for m in model.modules() if isinstance(m, glowlab.transforms.Coupling)]
+    assert nets and all("forward" not in net.__dict__ for net in nets)  # restored
+    with pytest.raises(ValueError, match="bfloat16"):
+        with autocast(model, torch.float64):
+            pass
+
+
+def test_channels_last_keeps_values() -> None:
+    model = _trained_like_glow()
+    x = torch.rand(4, 3, 8, 8) - 0.5
+    expected = model.log_prob(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    to_channels_last(model)
+    conv = model.levels[0].flow.transforms[3].net.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert torch.allclose(model.log_prob(channels_last_input(x)), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        channels_last_input(torch.zeros(2, 3))
