@@ -40,6 +40,7 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import tempfile  # noqa: F401 - used by the docstring example
 import time
 from dataclasses import dataclass
@@ -317,7 +318,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``train.steps``; returns the final test evaluation and paths."""
         c = self.config.train
-        bar = _progress_bar(c.progress, c.steps, self.state.step)
+        bar = self._bar = _progress_bar(c.progress, c.steps, self.state.step)
         names = ["loss_bpd", "prior_bpd", "logdet_bpd", "grad_norm"]
         if self.model.conditional:
             names.append("class_ce")
@@ -443,6 +444,14 @@ class Trainer:
         record = dataclasses.asdict(result)
         record["test_bpd"], record["test_bpd_sem"] = record.pop("bpd"), record.pop("sem")
         self.log.write("eval", self.state.step, ema=self.ema is not None, final=final, **record)
+        if self.config.train.progress and not final:
+            # One line per evaluation, readable in a log file where no progress bar is drawn.
+            line = f"step {self.state.step}: test bits/dim {result.bpd:.3f} +- {result.sem:.3f}"
+            bar = getattr(self, "_bar", None)
+            if bar is not None and not bar.disable:
+                bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
         if self.config.train.keep_best and (
             self.state.best_bpd is None or result.bpd < self.state.best_bpd
         ):
@@ -652,4 +661,6 @@ def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
         from tqdm.auto import tqdm
     except ImportError:  # optional dependency
         return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (a log file, CI), where its
+    # carriage-return updates would pile up; log.jsonl has every figure anyway.
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
