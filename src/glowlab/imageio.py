@@ -1,0 +1,446 @@
+"""Read the images a command works on, and fit them to a model's image shape.
+
+An image source (the ``IMAGES`` argument of the latent-space commands) is one of:
+
+* ``NAME:SPLIT`` (or just ``NAME`` for the test split): a dataset of :mod:`glowlab.data`,
+  e.g. ``mnist:test``, ``cifar10:train``, ``digits:test``; ``--data-dir`` says where the
+  files are;
+* ``FILE.npz``: an array ``images`` (uint8, ``(N, H, W, C)``, ``(N, C, H, W)`` or
+  ``(N, H, W)``) and optionally ``labels`` (``(N,)`` integers);
+* an image file (``.png``, ``.jpg``, ...) or a folder of them, read with Pillow. A folder
+  whose images sit in sub-folders gets one class per sub-folder (sorted names), so a folder
+  per attribute value is a labelled dataset. Images must all have the same size.
+
+Example:
+    >>> import torch
+    >>> fit_images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), (3, 32, 32), "pad").shape
+    torch.Size([2, 3, 32, 32])
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .images import make_grid, save_png
+from .metrics import dequantize, quantize
+from .models.base import FlowModel
+
+__all__ = [
+    "LUMA",
+    "FitMode",
+    "ImageSet",
+    "add_source_arguments",
+    "check_image_shape",
+    "fit_images",
+    "images_for",
+    "labels_for",
+    "load_images",
+    "load_model",
+    "read_attribute_table",
+    "save_rows",
+    "to_gray",
+    "to_model_input",
+]
+
+FitMode = Literal["none", "pad", "resize"]
+
+_IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
+
+# ITU-R BT.601 luma weights, the grayscale conversion of Pillow's "L" mode.
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class ImageSet:
+    """uint8 images ``(N, C, H, W)``, their labels ``(N,)`` (or None), names and class names."""
+
+    images: Tensor
+    labels: Tensor | None
+    names: list[str]
+    classes: list[str] | None = None
+    #: Binary attributes ``(N, A)`` (CelebA's), with their names; None when there are none.
+    attributes: Tensor | None = None
+    attribute_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: Tensor | slice) -> ImageSet:
+        """The images at ``index`` (a slice, an index tensor or a boolean mask)."""
+        idx = torch.arange(len(self))[index]
+        labels = None if self.labels is None else self.labels[idx]
+        attributes = None if self.attributes is None else self.attributes[idx]
+        names = [self.names[int(i)] for i in idx]
+        return ImageSet(
+            self.images[idx], labels, names, self.classes, attributes, self.attribute_names
+        )
+
+
+def load_images(
+    source: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+) -> ImageSet:
+    """Read an image source (see the module docstring); keep the first ``limit`` images."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".npz":
+        result = _load_npz(path)
+    elif path.is_dir() or path.suffix.lower() in _IMAGE_SUFFIXES:
+        result = _load_files(path)
+    elif path.exists():
+        raise ValueError(
+            f"cannot read images from {path}: use a .npz file, image files or a folder"
+        )
+    else:
+        result = _load_dataset(text, data_dir)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"the number of images must be positive, got {limit}")
+        result = result.subset(slice(0, limit))
+    if len(result) == 0:
+        raise ValueError(f"no images in {source}")
+    return result
+
+
+def _load_dataset(spec: str, data_dir: str | os.PathLike[str] | None) -> ImageSet:
+    from .data import dataset_names, get_dataset
+
+    name, _, split = spec.partition(":")
+    if name not in dataset_names():
+        raise FileNotFoundError(
+            f"{spec!r} is neither a file nor a folder nor a dataset; datasets are "
+            f"{', '.join(dataset_names())} (as NAME or NAME:SPLIT)"
+        )
+    dataset = get_dataset(name, split or "test", data_dir=data_dir)
+    names = list(getattr(dataset, "filenames", None) or []) or [
+        f"{name}:{split or 'test'}[{i}]" for i in range(len(dataset.images))
+    ]
+    classes = list(getattr(dataset, "classes", None) or []) or None
+    attributes = getattr(dataset, "attributes", None)
+    attribute_names = getattr(dataset, "attribute_names", None)
+    return ImageSet(
+        dataset.images,
+        dataset.labels,
+        names,
+        classes,
+        None if attributes is None else attributes.bool(),
+        None if attribute_names is None else list(attribute_names),
+    )
+
+
+def _load_npz(path: Path) -> ImageSet:
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    with np.load(path) as data:
+        if "images" not in data:
+            raise ValueError(f"{path} has no array named 'images' (found {', '.join(data.files)})")
+        images = np.asarray(data["images"])
+        labels = np.asarray(data["labels"]) if "labels" in data else None
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: 'images' must be uint8 pixels 0..255, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{path}: 'images' must be (N, H, W, C) or (N, C, H, W) with C 1 or 3, "
+            f"got {images.shape}"
+        )
+    label_tensor = None
+    if labels is not None:
+        if labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}"
+            )
+        label_tensor = torch.from_numpy(labels.astype(np.int64))
+    names = [f"{path.name}[{i}]" for i in range(images.shape[0])]
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), label_tensor, names)
+
+
+def _load_files(path: Path) -> ImageSet:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(
+            f"reading {path} needs Pillow (pip install glowlab[images]); or pass a .npz file"
+        ) from None
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*")
+            if p.suffix.lower() in _IMAGE_SUFFIXES
+            and not any(s.startswith(".") for s in p.relative_to(path).parts)
+        )  # fmt: skip
+        if not files:
+            raise ValueError(f"no image files in the folder {path}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"image file {path} does not exist")
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+                arrays.append(np.asarray(image.convert("L" if gray else "RGB")))
+        except OSError as exc:
+            raise ValueError(f"could not read the image {file}: {exc}") from None
+    channels = 3 if any(a.ndim == 3 for a in arrays) else 1
+    arrays = [
+        np.repeat(a[..., None], 3, 2) if (a.ndim == 2 and channels == 3) else a for a in arrays
+    ]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"the images in {path} have different sizes {sorted(sizes)}; resize them first"
+        )
+    stacked = np.stack([a if a.ndim == 3 else a[..., None] for a in arrays]).transpose(0, 3, 1, 2)
+    names = [str(f.relative_to(path) if path.is_dir() else f.name) for f in files]
+    labels, classes = None, None
+    if path.is_dir():
+        parents = [f.parent.relative_to(path).as_posix() for f in files]
+        if all(p != "." for p in parents):
+            classes = sorted(set(parents))
+            labels = torch.tensor([classes.index(p) for p in parents])
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(stacked)), labels, names, classes)
+
+
+def to_gray(images: Tensor) -> Tensor:
+    """RGB images ``(N, 3, H, W)`` (uint8 or float) -> luminance ``(N, 1, H, W)``, same dtype."""
+    weights = torch.tensor(LUMA, dtype=torch.float64).view(1, 3, 1, 1)
+    gray = (images.double() * weights).sum(1, keepdim=True)
+    return (
+        gray.round().clamp(0, 255).to(torch.uint8)
+        if images.dtype == torch.uint8
+        else gray.to(images.dtype)
+    )
+
+
+def fit_images(images: Tensor, shape: tuple[int, int, int], mode: FitMode = "pad") -> Tensor:
+    """Convert uint8 images ``(N, C, H, W)`` to ``shape = (C', H', W')``.
+
+    Channels: gray is replicated to RGB, RGB becomes luminance for a gray model. Size:
+    ``"pad"`` centres the image on a black canvas (cropping the centre when it is larger),
+    as Glow and Nalisnick et al. do with MNIST at 32x32; ``"resize"`` uses bilinear
+    interpolation with antialiasing; ``"none"`` leaves the size alone.
+    """
+    if mode not in ("none", "pad", "resize"):
+        raise ValueError(f"unknown fit mode {mode!r}; choose 'none', 'pad' or 'resize'")
+    c, h, w = shape
+    if images.shape[1] != c:
+        if images.shape[1] == 1 and c == 3:
+            images = images.expand(-1, 3, -1, -1)
+        elif images.shape[1] == 3 and c == 1:
+            images = to_gray(images)
+        else:
+            raise ValueError(f"cannot convert {images.shape[1]}-channel images to {c} channels")
+    if mode == "none" or tuple(images.shape[2:]) == (h, w):
+        return images.contiguous()
+    if mode == "resize":
+        out = F.interpolate(
+            images.double(), size=(h, w), mode="bilinear", antialias=True, align_corners=False
+        )
+        return out.round().clamp(0, 255).to(torch.uint8)
+    out = torch.zeros(images.shape[0], c, h, w, dtype=torch.uint8)
+    ih, iw = images.shape[2:]
+    sh, sw = max((ih - h) // 2, 0), max((iw - w) // 2, 0)
+    th, tw = max((h - ih) // 2, 0), max((w - iw) // 2, 0)
+    ch, cw = min(h, ih), min(w, iw)
+    out[:, :, th : th + ch, tw : tw + cw] = images[:, :, sh : sh + ch, sw : sw + cw]
+    return out
+
+
+def check_image_shape(images: Tensor, shape: tuple[int, ...], source: str = "the images") -> None:
+    """Raise a one-line ValueError when the images do not have the model's shape."""
+    got = tuple(images.shape[1:])
+    if got != tuple(shape):
+        raise ValueError(
+            f"{source} are {'x'.join(map(str, got))} (CxHxW) but the model takes "
+            f"{'x'.join(map(str, shape))}; pass --fit pad or --fit resize to convert them"
+        )
+
+
+def read_attribute_table(path: str | os.PathLike[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """Read binary attributes: ``(attribute_names, row_names, values (rows, attributes) bool)``.
+
+    Two formats: CelebA's ``list_attr_celeba.txt`` (a count line, a line of names, then
+    ``filename v1 v2 ...`` with values -1/1), and a CSV file whose header is a key column
+    followed by attribute names, with values 0/1, -1/1 or true/false. Rows are matched to
+    images by file name (or the image's name), or by position when no name matches.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"attribute file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    first = text.lstrip().split("\n", 1)[0].strip()
+    if first.isdigit():
+        from .data import read_celeba_attributes
+
+        names, rows = read_celeba_attributes(path)
+        keys = list(rows)
+        return list(names), keys, np.stack([rows[k] for k in keys]).astype(bool)
+    reader = list(csv.reader(line for line in text.splitlines() if line.strip()))
+    if len(reader) < 2 or len(reader[0]) < 2:
+        raise ValueError(f"{path}: expected a header 'key,attribute,...' and at least one row")
+    header = [h.strip() for h in reader[0]]
+    values = []
+    for number, row in enumerate(reader[1:], start=2):
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}, line {number}: expected {len(header)} fields, got {len(row)}"
+            )
+        values.append([_truth(v, path, number) for v in row[1:]])
+    return header[1:], [r[0].strip() for r in reader[1:]], np.array(values, dtype=bool)
+
+
+def _truth(value: str, path: Path, line: int) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes"):
+        return True
+    if v in ("0", "-1", "false", "no"):
+        return False
+    raise ValueError(
+        f"{path}, line {line}: attribute values must be 0/1, -1/1 or true/false, got {value!r}"
+    )
+
+
+# -- helpers shared by the latent-space commands -------------------------------------------
+def add_source_arguments(parser: argparse.ArgumentParser, images: bool = True) -> None:
+    """The checkpoint and image-source arguments every latent-space command takes."""
+    parser.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="checkpoint: a .json manifest, weights file or run folder",
+    )
+    if images:
+        parser.add_argument(
+            "images",
+            metavar="IMAGES",
+            help="images: a dataset NAME or NAME:SPLIT (e.g. mnist:test), an .npz file with "
+            "'images' (and 'labels'), an image file, or a folder of images",
+        )
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
+    parser.add_argument(
+        "--fit",
+        choices=("none", "pad", "resize"),
+        default="none",
+        help="convert images to the model's shape: pad/crop the centre or resize (and gray<->RGB)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[FlowModel, int]:
+    """The model of a checkpoint and the bit depth it was trained at (8 when not recorded)."""
+    from .checkpoint import find_checkpoint, load
+
+    model = load(path, map_location=device)
+    n_bits = 8
+    manifest = find_checkpoint(path)
+    if manifest.suffix == ".json":
+        try:
+            n_bits = int(json.loads(manifest.read_text())["train_config"]["data"]["n_bits"])
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+            n_bits = 8
+    return model, n_bits
+
+
+def images_for(
+    model: FlowModel,
+    source: str,
+    data_dir: str | None,
+    fit: FitMode,
+    limit: int | None = None,
+) -> ImageSet:
+    """Read ``source`` and convert (``fit``) or check its images against the model's shape."""
+    image_set = load_images(source, data_dir, limit)
+    images = (
+        fit_images(image_set.images, model.image_shape, fit) if fit != "none" else image_set.images
+    )
+    check_image_shape(images, model.image_shape, f"the images of {source}")
+    image_set.images = images
+    return image_set
+
+
+def labels_for(model: FlowModel, image_set: ImageSet, label: int | None) -> Tensor | None:
+    """Class labels for a class-conditional model: ``label`` for all, else the source's labels."""
+    if model.num_classes is None:
+        if label is not None:
+            raise ValueError(
+                "--label is for class-conditional models; this checkpoint has no classes"
+            )
+        return None
+    if label is not None:
+        if not 0 <= label < model.num_classes:
+            raise ValueError(f"--label must be in [0, {model.num_classes - 1}], got {label}")
+        return torch.full((len(image_set),), label, dtype=torch.long)
+    if image_set.labels is None:
+        raise ValueError(
+            "this model is class-conditional and the images have no labels; pass --label K"
+        )
+    if int(image_set.labels.max()) >= model.num_classes or int(image_set.labels.min()) < 0:
+        raise ValueError(
+            f"the image labels are outside [0, {model.num_classes - 1}]; pass --label K"
+        )
+    return image_set.labels.long()
+
+
+def to_model_input(model: FlowModel, images: Tensor, n_bits: int) -> Tensor:
+    """uint8 images -> the model's float input at the centres of their bins (no noise)."""
+    ref = model._reference()
+    return dequantize(images, n_bits, noise=False, dtype=ref.dtype).to(ref.device)
+
+
+def save_rows(
+    path: str | os.PathLike[str],
+    rows: list[Tensor],
+    n_bits: int = 8,
+    zoom: int = 1,
+    padding: int = 2,
+) -> Path:
+    """Save float image rows (each ``(N, C, H, W)`` in [-0.5, 0.5)) as one PNG grid.
+
+    Rows may have different lengths; short rows are padded with white. ``zoom`` repeats
+    every pixel ``zoom`` x ``zoom`` times so that small images can be seen.
+    """
+    if not rows:
+        raise ValueError("nothing to save")
+    if zoom < 1:
+        raise ValueError(f"zoom must be a positive integer, got {zoom}")
+    width = max(r.shape[0] for r in rows)
+    tiles = []
+    for row in rows:
+        q = quantize(row.detach().cpu(), n_bits)
+        if q.shape[1] == 1 and any(r.shape[1] == 3 for r in rows):
+            q = q.expand(-1, 3, -1, -1)
+        if row.shape[0] < width:
+            blank = torch.full((width - row.shape[0], *q.shape[1:]), 255, dtype=torch.uint8)
+            q = torch.cat([q, blank])
+        tiles.append(q)
+    grid_images = torch.cat(tiles)
+    if zoom > 1:
+        grid_images = grid_images.repeat_interleave(zoom, 2).repeat_interleave(zoom, 3)
+    return save_png(path, make_grid(grid_images, nrow=width, padding=padding))

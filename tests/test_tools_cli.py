@@ -1,0 +1,212 @@
+"""The latent-space commands end to end on a tiny checkpoint, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import glowlab
+from glowlab.cli import main
+from glowlab.latent import load_direction
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _checkpoint(folder: Path, num_classes: int | None) -> str:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # checkpoints are float32, as training writes them
+    try:
+        model = glowlab.Glow(
+            (1, 8, 8), levels=2, steps=1, hidden_channels=8, num_classes=num_classes
+        )
+        model.train()
+        with torch.no_grad():
+            y = None if num_classes is None else torch.randint(num_classes, (16,))
+            model.evaluate(torch.rand(16, 1, 8, 8) - 0.5, y)
+    finally:
+        torch.set_default_dtype(previous)
+    name = "conditional" if num_classes else "plain"
+    return str(glowlab.save(model.eval(), folder / name))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("tools")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(24, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(24) % 3
+    np.savez(folder / "data.npz", images=images, labels=labels)
+    np.savez(folder / "unlabelled.npz", images=images)
+    np.savez(folder / "big.npz", images=rng.integers(0, 256, size=(6, 12, 12, 1), dtype=np.uint8))
+    return {
+        "conditional": _checkpoint(folder, 3),
+        "plain": _checkpoint(folder, None),
+        "data": str(folder / "data.npz"),
+        "unlabelled": str(folder / "unlabelled.npz"),
+        "big": str(folder / "big.npz"),
+        "dir": str(folder),
+    }
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _png(path: Path) -> bytes:
+    data = path.read_bytes()
+    assert data.startswith(PNG)
+    return data
+
+
+def test_reconstruct_reports_a_tiny_error(files, tmp_path, capsys) -> None:
+    out = tmp_path / "rec.png"
+    code, text, _ = _run(
+        capsys,
+        "reconstruct",
+        files["conditional"],
+        files["data"],
+        "--count",
+        "5",
+        "--out",
+        str(out),
+    )
+    assert code == 0
+    error = float(text.split("max |x - decode(encode(x))| = ")[1].split()[0])
+    assert error < 1 / 256 / 10
+    assert "reproduced exactly: yes" in text
+    _png(out)
+
+
+def test_interpolate_compress_and_manipulate_write_pngs(files, tmp_path, capsys) -> None:
+    ckpt, data = files["conditional"], files["data"]
+    code, text, _ = _run(
+        capsys,
+        "interpolate",
+        ckpt,
+        data,
+        "--indices",
+        "0",
+        "3",
+        "5",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path / "i.png"),
+    )
+    assert code == 0 and "7 images per row" in text
+    assert float(text.split("max |endpoint - input| = ")[1].split()[0]) < 1e-3
+    code, text, _ = _run(
+        capsys, "compress", ckpt, data, "--count", "3", "--out", str(tmp_path / "c.png")
+    )
+    assert code == 0 and "keep  50.00%" in text
+    direction = tmp_path / "d.safetensors"
+    code, text, _ = _run(
+        capsys, "manipulate", ckpt, data, "--positive", "1", "--negative", "2",
+        "--alphas", "-1", "0", "1",
+        "--save-direction", str(direction), "--out", str(tmp_path / "m.png"),
+    )  # fmt: skip
+    assert code == 0 and "8 images with, 8 without" in text
+    assert float(text.split("alpha = 0: max |output - input| = ")[1].split()[0]) < 1e-3
+    assert load_direction(direction).metadata["attribute"] == "class 1 vs class 2"
+    code, _, _ = _run(
+        capsys,
+        "manipulate",
+        ckpt,
+        data,
+        "--direction",
+        str(direction),
+        "--out",
+        str(tmp_path / "m2.png"),
+    )
+    assert code == 0
+    for name in ("i", "c", "m", "m2"):
+        _png(tmp_path / f"{name}.png")
+
+
+def test_manipulate_with_an_attribute_csv(files, tmp_path, capsys) -> None:
+    table = tmp_path / "attributes.csv"
+    rows = ["image,Bright"] + [f"data.npz[{i}],{int(i % 2 == 0)}" for i in range(24)]
+    table.write_text("\n".join(rows) + "\n")
+    code, text, _ = _run(
+        capsys, "manipulate", files["plain"], files["data"], "--attributes", str(table),
+        "--attribute", "Bright", "--out", str(tmp_path / "a.png"),
+    )  # fmt: skip
+    assert code == 0 and "12 images with, 12 without" in text
+    code, _, err = _run(
+        capsys, "manipulate", files["plain"], files["data"], "--attributes", str(table),
+        "--attribute", "Smiling", "--out", str(tmp_path / "a.png"),
+    )  # fmt: skip
+    assert code == 2 and "unknown attribute 'Smiling'" in err
+
+
+def test_restore_prints_metrics_for_each_task(files, tmp_path, capsys) -> None:
+    metrics = tmp_path / "m.json"
+    code, text, _ = _run(
+        capsys, "restore", files["plain"], files["data"], "--count", "2", "--steps", "3",
+        "--out", str(tmp_path / "r.png"), "--json", str(metrics),
+    )  # fmt: skip
+    assert code == 0
+    assert set(json.loads(metrics.read_text())) == {"inpaint", "denoise", "super-resolution"}
+    assert "baseline MSE" in text
+    _png(tmp_path / "r.png")
+
+
+def test_ood_prints_aurocs_and_writes_histograms(files, tmp_path, capsys) -> None:
+    code, text, _ = _run(
+        capsys, "ood", files["plain"], "--in", files["data"], "--reference", files["unlabelled"],
+        "--outliers", "noise", files["big"], "--count", "20", "--plot", str(tmp_path / "h.png"),
+        "--json", str(tmp_path / "o.json"),
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "o.json").read_text())
+    assert set(result["auroc"]) == {"likelihood", "typicality", "complexity"}
+    assert set(result["auroc"]["likelihood"]) == {"noise", files["big"]}
+    assert all(0.0 <= v <= 1.0 for s in result["auroc"].values() for v in s.values())
+    assert "AUROC" in text
+    _png(tmp_path / "h.png")
+
+
+def test_toy_command(tmp_path, capsys) -> None:
+    out = tmp_path / "toy.png"
+    code, text, _ = _run(
+        capsys, "toy", "--density", "checkerboard", "--steps", "20", "--layers", "2",
+        "--hidden", "16",
+        "--points", "300", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0 and "probability mass" in text
+    _png(out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["reconstruct", "{conditional}", "{big}"], "pass --fit pad or --fit resize"),
+        (["reconstruct", "{conditional}", "{unlabelled}"], "pass --label K"),
+        (["reconstruct", "{plain}", "{data}", "--label", "1"], "this checkpoint has no classes"),
+        (["manipulate", "{plain}", "{data}", "--positive", "1", "--alphas", "nan"], "finite"),
+        (["restore", "{plain}", "{data}", "--task", "colorize"], "RGB"),
+        (["interpolate", "{plain}", "{data}", "--indices", "0", "99"], "--indices"),
+        (["reconstruct", "{dir}/missing.json", "{data}"], "does not exist"),
+        (["reconstruct", "{plain}", "no-such-dataset"], "neither a file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    files, capsys, argv: list[str], message: str
+) -> None:
+    code, _, err = _run(capsys, *[a.format(**files) for a in argv])
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_alpha_that_is_not_a_number_is_a_usage_error(files, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["manipulate", files["plain"], files["data"], "--positive", "1", "--alphas", "big"])
+    assert exit_info.value.code == 2
+    assert "invalid float value: 'big'" in capsys.readouterr().err
