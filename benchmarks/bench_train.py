@@ -10,6 +10,10 @@ Examples:
     python benchmarks/bench_train.py                      # CPU: small Glow, batch 16 and 32
     python benchmarks/bench_train.py --device cuda --model glow-cifar10 \\
         --batch-sizes 64,128,256,512 --precisions fp32,tf32,bf16 --json train.json
+
+The same settings in a full training run are ``glowlab train`` options
+(``train.precision``, ``train.compile``, ``train.channels_last``, ``train.memory_mode``);
+see ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from glowlab.models.base import FlowModel
-from glowlab.speed import compile_flow_steps
+from glowlab.speed import channels_last_input, compile_flow_steps, to_channels_last
 
 
 def bits_per_dim_loss(model: FlowModel, x: Tensor) -> Tensor:
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         help="side of the ceiling matmul (default 1024 on CPU, 8192 on CUDA)",
     )
     parser.add_argument("--compile", action="store_true", help="glowlab.speed.compile_flow_steps")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="weights and inputs channels-last (NHWC)"
+    )
     args = parser.parse_args(argv)  # fmt: skip
     device = setup(args)
     cuda = device.type == "cuda"
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         model.log_prob(random_images(model.image_shape, batch_sizes[0], device, generator))
+    if args.channels_last:
+        to_channels_last(model)
     if args.compile:
         compile_flow_steps(model)
     ceilings = {p: matmul_tflops(p, device, matmul_size) for p in precisions}
@@ -116,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for batch in batch_sizes:
         x = random_images(model.image_shape, batch, device, generator)
+        if args.channels_last:
+            x = channels_last_input(x)
         flops = step_flops(model, x)
         for precision in precisions:
             for mode in args.memory_modes:
@@ -135,7 +146,15 @@ def main(argv: list[str] | None = None) -> None:
 
     columns = ["batch", "precision", "memory_mode", "step_ms", "images_per_s", "gflop_per_step",
                "tflop_per_s", "matmul_ceiling_tflop_per_s", "fraction_of_ceiling"]  # fmt: skip
-    report(args, device, rows, columns, compiled=args.compile, matmul_size=matmul_size)
+    report(
+        args,
+        device,
+        rows,
+        columns,
+        compiled=args.compile,
+        channels_last=args.channels_last,
+        matmul_size=matmul_size,
+    )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ OptimizerName = Literal["adam", "adamw", "adamax"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 DtypeName = Literal["float32", "float64"]
 MemoryModeName = Literal["standard", "invertible", "checkpoint"]
+PrecisionName = Literal["fp32", "tf32", "bf16"]
 
 
 def _field(default: Any, help: str) -> Any:
@@ -115,14 +116,28 @@ class LoopConfig:
     """Length of the run, batch sizes, and how often to log, evaluate, sample and save."""
 
     steps: int = _field(1000, "number of optimizer steps")
-    batch_size: int = _field(64, "training batch size")
-    init_batch_size: int = _field(256, "images for the data-dependent ActNorm init")
+    batch_size: int = _field(
+        64, "training batch size, over all processes (under torchrun each takes its share)"
+    )
+    init_batch_size: int = _field(
+        256, "images for the data-dependent ActNorm init, over all processes"
+    )
     eval_batch_size: int = _field(500, "batch size for test bits/dim")
     class_weight: float = _field(0.01, "weight of the class cross-entropy (conditional models)")
     dtype: DtypeName = _field("float32", "floating-point type of weights and activations")  # noqa: RUF009
     memory_mode: MemoryModeName = _field(  # noqa: RUF009
         "standard", "activation memory: standard, invertible, checkpoint"
     )
+    precision: PrecisionName = _field(  # noqa: RUF009
+        "fp32",
+        "fp32; tf32 (CUDA only: TF32 matmuls and convolutions); bf16 (coupling networks in "
+        "bfloat16, log-dets and likelihood in float32; CPU too); tf32 and bf16 need float32",
+    )
+    compile: bool = _field(False, "torch.compile each flow step (bounded compile time)")
+    compile_backend: str = _field(
+        "inductor", "torch.compile backend when train.compile (aot_eager: no code generation)"
+    )
+    channels_last: bool = _field(False, "store convolution weights and inputs channels-last")
     log_every: int = _field(10, "steps between training log records")
     eval_every: int = _field(1000, "steps between test evaluations (0: only at the end)")
     max_eval_images: int | None = _field(None, "cap on test images per evaluation (None: all)")
@@ -563,7 +578,13 @@ def _validate(config: Any, prefix: str) -> None:
             ("rollback_lr_factor", 0 < config.rollback_lr_factor < 1, "in (0, 1)"),
             ("max_rollbacks", config.max_rollbacks >= 0, ">= 0"),
             ("sample_temperatures", all(t >= 0 for t in config.sample_temperatures), ">= 0"),
+            ("compile_backend", bool(config.compile_backend.strip()), "a backend name"),
         ]
+        if config.precision != "fp32" and config.dtype != "float32":
+            raise UsageError(
+                f"{prefix}precision={config.precision} needs {prefix}dtype=float32 (it is "
+                f"{config.dtype}); use {prefix}precision=fp32 for a {config.dtype} run"
+            )
     for name, ok, what in checks:
         if not ok:
             raise UsageError(f"{prefix}{name} must be {what}, got {getattr(config, name)!r}")

@@ -22,6 +22,9 @@ A training script uses these helpers in five places::
 Launch with ``torchrun --nproc_per_node=N train.py``; run without ``torchrun`` and the same
 code trains in one process (every helper is then a no-op or the identity).
 
+:class:`glowlab.train.Trainer` (and so ``torchrun --nproc_per_node=N -m glowlab train ...``)
+does all of this itself; see ``docs/training.md``.
+
 Notes:
 
 * The per-rank batch is the global batch divided by the world size; DDP averages the

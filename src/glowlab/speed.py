@@ -10,6 +10,8 @@
   a small Glow the bits/dim moves by less than 0.01 (checked by the tests on the CPU).
 * :func:`to_channels_last` stores the convolution weights channels-last (NHWC), the layout
   the tensor cores of recent GPUs prefer; pass inputs through :func:`channels_last_input`.
+* :func:`set_tf32` lets CUDA float32 matmuls and convolutions use TF32 tensor cores (10-bit
+  mantissa products, float32 accumulation), or forbids it.
 
 None of these change ``state_dict``: a model trained with them saves and loads as usual.
 """
@@ -26,7 +28,13 @@ from torch import Tensor, nn
 from .models.base import FlowModel
 from .transforms.coupling import Coupling
 
-__all__ = ["autocast", "channels_last_input", "compile_flow_steps", "to_channels_last"]
+__all__ = [
+    "autocast",
+    "channels_last_input",
+    "compile_flow_steps",
+    "set_tf32",
+    "to_channels_last",
+]
 
 
 def compile_flow_steps(model: FlowModel, inverse: bool = True, **options: Any) -> FlowModel:
@@ -109,8 +117,20 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for tensor in (*model.parameters(), *model.buffers()):
             if tensor.dim() == 4:
-                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+                tensor.data = _channels_last_copy(tensor.data)
     return model
+
+
+def _channels_last_copy(tensor: Tensor) -> Tensor:
+    # Explicit NHWC strides, even where a size-1 dimension makes the plain layout count as
+    # channels-last too (1x1 kernels): the gradients of convolutions come back with these
+    # strides, and DistributedDataParallel warns when a gradient's strides differ from its
+    # parameter's.
+    _, c, h, w = tensor.shape
+    out = torch.empty_strided(
+        tensor.shape, (c * h * w, 1, w * c, c), dtype=tensor.dtype, device=tensor.device
+    )
+    return out.copy_(tensor)
 
 
 def channels_last_input(x: Tensor) -> Tensor:
@@ -118,3 +138,20 @@ def channels_last_input(x: Tensor) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"channels_last_input expects (B, C, H, W), got {tuple(x.shape)}")
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow (``True``) or forbid (``False``) TF32 in CUDA float32 matmuls and convolutions.
+
+    This is process-wide state of PyTorch. ``False`` is strict float32: PyTorch's own default
+    lets cuDNN convolutions use TF32, which this turns off too. It has no effect on the CPU.
+    """
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        # The newer interface; setting the older allow_tf32 flags as well would mix the two,
+        # which PyTorch rejects when the flags are read back.
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+        conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:  # PyTorch before 2.9
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled

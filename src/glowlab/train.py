@@ -25,6 +25,20 @@ Exact resume: the data order of epoch ``e`` is a permutation seeded by ``(seed, 
 checkpoint stores the position in it along with every RNG state, so on the CPU a resumed
 run's losses equal those of an uninterrupted run.
 
+Fast paths (``train.precision``, ``train.compile``, ``train.channels_last``, and
+``train.memory_mode``) change how the steps run, not what they compute: ``bf16`` runs only
+the coupling networks in bfloat16 (:func:`glowlab.speed.autocast`), for training,
+evaluation and samples alike, while log-determinants and likelihood sums stay in float32.
+
+Several processes: under ``torchrun`` (``WORLD_SIZE`` > 1) every process builds the same
+global batch (the same images and dequantization noise as one process would) and trains
+on its contiguous share of ``train.batch_size / WORLD_SIZE`` images, inside
+DistributedDataParallel; the ActNorm init batch is shared out the same way and its
+statistics all-reduced, the logged terms and the finiteness check are averaged over the
+processes (so all of them reject a step together), evaluation batches are dealt out and
+gathered, and only rank 0 writes logs, samples and checkpoints. With equal seeds the
+losses are those of one process with the same global batch, up to rounding.
+
 Example:
     >>> from glowlab.config import apply_overrides, get_preset
     >>> overrides = ["train.steps=2", "train.progress=false"]
@@ -35,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -58,12 +73,21 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from .config import TrainConfig, save_config
+from .config import LoopConfig, TrainConfig, save_config
+from .distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    barrier,
+    gather_cat,
+    setup_distributed,
+    wrap_model,
+)
 from .errors import GlowlabError
 from .images import make_grid, save_png
 from .metrics import dequantize, quantize
 from .models import FlowModel
 from .runlog import RunLog
+from .speed import autocast, channels_last_input, compile_flow_steps, set_tf32, to_channels_last
 
 __all__ = ["EvalResult", "TrainState", "Trainer", "TrainingError", "resolve_device"]
 
@@ -140,7 +164,16 @@ class Trainer:
             raise ValueError(
                 f"{self.out_dir} already holds a run; resume it (--resume) or choose another folder"
             )
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        _check_speed_options(config.train, device)
+        self.ctx = _process_context(device)
+        self.device = self.ctx.device
+        if config.train.batch_size % self.ctx.world_size:
+            raise ValueError(
+                f"train.batch_size={config.train.batch_size} is the batch over all "
+                f"{self.ctx.world_size} processes and must be a multiple of their number"
+            )
+        barrier()  # every process has looked at the run folder before rank 0 writes to it
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[config.train.dtype]
         self.state = TrainState()
         _seed_everything(config.seed)
@@ -173,7 +206,11 @@ class Trainer:
         except TypeError as exc:
             raise ValueError(f"model config: {exc}") from None
         self.model.set_memory_mode(config.train.memory_mode)
+        if config.train.channels_last:
+            to_channels_last(self.model)
         self.ema: FlowModel | None = None  # created after the ActNorm init
+        if self.device.type == "cuda":
+            set_tf32(config.train.precision == "tf32")  # fp32 means no TF32 anywhere
 
         # -- optimizer -----------------------------------------------------------------
         o = config.optim
@@ -188,15 +225,34 @@ class Trainer:
         )
 
         # -- logging and restore -------------------------------------------------------
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, self.out_dir / "config.json")
-        tb = str(self.out_dir / "tensorboard") if config.train.tensorboard else None
-        self.log = RunLog(self.out_dir / "log.jsonl", tensorboard_dir=tb)
+        self.log: RunLog | _SilentLog = _SilentLog()
+        if self.ctx.is_main:  # one process writes the run folder
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out_dir / "config.json")
+            tb = str(self.out_dir / "tensorboard") if config.train.tensorboard else None
+            self.log = RunLog(self.out_dir / "log.jsonl", tensorboard_dir=tb)
         if resume:
             self._restore(last, check_config=True)
             self.log.event(self.state.step, f"resumed from {last} at step {self.state.step}")
         else:
             self._initialize()
+
+        # -- fast paths and data parallelism ---------------------------------------------
+        # Applied after the ActNorm init and the EMA copy: a deep copy of a compiled or
+        # autocast-patched model would call the original's functions.
+        self._fast_paths = contextlib.ExitStack()
+        if config.train.compile:
+            _allow_recompiles(8 * len(self.model.levels))
+        for model in (self.model, self.ema):
+            if model is None:
+                continue
+            if config.train.precision == "bf16":
+                # For the Trainer's life: per-step patching would defeat compiled code.
+                self._fast_paths.enter_context(autocast(model, torch.bfloat16))
+            if config.train.compile:
+                compile_flow_steps(model, backend=config.train.compile_backend)
+        # DistributedDataParallel around model.evaluate; just Evaluate in one process.
+        self._train_module = wrap_model(self.model, self.ctx)
 
     # -- data ----------------------------------------------------------------------------
     def _to_device(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,7 +270,11 @@ class Trainer:
         return self._order[1]
 
     def _next_batch(self) -> tuple[Tensor, Tensor | None]:
-        """The next training batch as dequantized floats (and labels for conditional models)."""
+        """This process's share of the next training batch, dequantized (and its labels).
+
+        Every process draws the augmentation and noise of the whole global batch, so that
+        the ranks' shares together are exactly the batch that one process would train on.
+        """
         b, n = self.config.train.batch_size, len(self.train_images)
         if self.state.position + b > n:  # drop the last incomplete batch of each epoch
             self.state.epoch, self.state.position = self.state.epoch + 1, 0
@@ -222,7 +282,17 @@ class Trainer:
         self.state.position += b
         images = self.train_images[index].to(self.device, non_blocking=True)
         labels = self.train_labels[index].to(self.device, non_blocking=True)
-        return self._prepare(images, augment=True), labels if self.model.conditional else None
+        x = self._share(self._prepare(images, augment=True))
+        return self._layout(x), self._share(labels) if self.model.conditional else None
+
+    def _share(self, batch: Tensor) -> Tensor:
+        """This process's contiguous part of a global batch (all of it in one process)."""
+        if not self.ctx.distributed:
+            return batch
+        return torch.tensor_split(batch, self.ctx.world_size)[self.ctx.rank]
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return channels_last_input(x) if self.config.train.channels_last else x
 
     def _prepare(self, images: Tensor, augment: bool) -> Tensor:
         d = self.config.data
@@ -241,12 +311,21 @@ class Trainer:
     def _initialize(self) -> None:
         """Data-dependent init: one forward pass in train mode on ``init_batch_size`` images."""
         n = min(self.config.train.init_batch_size, len(self.train_images))
+        if n < self.ctx.world_size:
+            raise ValueError(
+                f"the ActNorm init batch ({n} images) must hold at least one image per process "
+                f"({self.ctx.world_size}); raise train.init_batch_size"
+            )
         g = torch.Generator().manual_seed(_order_seed(self.config.seed, -1))
         index = torch.randperm(len(self.train_images), generator=g)[:n].to(self.train_images.device)
+        # Each process takes its share; ActNorm all-reduces the statistics, so the init is
+        # that of the whole batch, as in one process.
         x = self._prepare(self.train_images[index].to(self.device), augment=False)
-        y = self.train_labels[index].to(self.device) if self.model.conditional else None
+        x = self._layout(self._share(x))
+        y = self._share(self.train_labels[index].to(self.device))
         self.model.train()
-        self.model.evaluate(x, y)
+        with autocast(self.model, enabled=self.config.train.precision == "bf16"):
+            self.model.evaluate(x, y if self.model.conditional else None)
         if self.config.optim.ema_decay is not None:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.log.event(
@@ -279,8 +358,12 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
-        """The objective and its logged terms (0-dim tensors, bits/dim and nats)."""
-        out = self.model.evaluate(x, y)
+        """The objective and its logged terms (0-dim tensors, bits/dim and nats).
+
+        The forward pass goes through the DistributedDataParallel wrapper when there is one,
+        so that the backward pass averages the gradients over the processes.
+        """
+        out = self._train_module(x, y)
         scale = 1.0 / (self.dims * math.log(2))
         prior = -out.prior_log_prob.mean() * scale
         logdet = -out.logdet.mean() * scale
@@ -306,19 +389,29 @@ class Trainer:
             self.params, clip if clip is not None else math.inf
         )
         terms["grad_norm"] = grad_norm
-        if not bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm)):
+        terms = {k: v.detach() for k, v in terms.items()}
+        finite = torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm)
+        if self.ctx.distributed:
+            # One all-reduce: the global-batch means of the terms, and whether every process
+            # saw a finite step (the gradients are already averaged: grad_norm agrees).
+            names = list(terms)
+            packed = torch.stack([*(terms[k].double() for k in names), finite.double()])
+            packed = all_reduce_mean(packed)
+            terms = dict(zip(names, packed[:-1].unbind(), strict=True))
+            finite = packed[-1] == 1
+        if not bool(finite):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
         self.state.step += 1
-        self.state.images_seen += x.shape[0]
+        self.state.images_seen += self.config.train.batch_size
         self._update_ema()
-        return {k: v.detach() for k, v in terms.items()}
+        return terms
 
     def fit(self) -> dict[str, Any]:
         """Train until ``train.steps``; returns the final test evaluation and paths."""
         c = self.config.train
-        bar = self._bar = _progress_bar(c.progress, c.steps, self.state.step)
+        bar = self._bar = _progress_bar(c.progress and self.ctx.is_main, c.steps, self.state.step)
         names = ["loss_bpd", "prior_bpd", "logdet_bpd", "grad_norm"]
         if self.model.conditional:
             names.append("class_ce")
@@ -426,7 +519,12 @@ class Trainer:
         return self.ema if self.ema is not None else self.model
 
     def evaluate(self, max_images: int | None = None, draws: int | None = None) -> EvalResult:
-        """Test bits/dim of :attr:`eval_model` (see :func:`evaluate_bits_per_dim`)."""
+        """Test bits/dim of :attr:`eval_model` (see :func:`evaluate_bits_per_dim`).
+
+        It runs in the training precision (with ``bf16``, the coupling networks in bfloat16
+        and everything else in float32). Under ``torchrun`` every process must call it: the
+        test batches are dealt out among them and the results gathered.
+        """
         c = self.config.train
         return evaluate_bits_per_dim(
             self.eval_model,
@@ -437,6 +535,8 @@ class Trainer:
             max_images=max_images if max_images is not None else c.max_eval_images,
             draws=draws if draws is not None else c.eval_draws,
             seed=self.config.seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
         )
 
     def _evaluate_and_log(self, final: bool) -> EvalResult:
@@ -444,7 +544,7 @@ class Trainer:
         record = dataclasses.asdict(result)
         record["test_bpd"], record["test_bpd_sem"] = record.pop("bpd"), record.pop("sem")
         self.log.write("eval", self.state.step, ema=self.ema is not None, final=final, **record)
-        if self.config.train.progress and not final:
+        if self.config.train.progress and self.ctx.is_main and not final:
             # One line per evaluation, readable in a log file where no progress bar is drawn.
             line = f"step {self.state.step}: test bits/dim {result.bpd:.3f} +- {result.sem:.3f}"
             bar = getattr(self, "_bar", None)
@@ -461,33 +561,44 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self, path: str | os.PathLike[str]) -> Path:
-        """A grid of samples, one row per ``train.sample_temperatures`` entry."""
+        """A grid of samples, one row per ``train.sample_temperatures`` entry (by rank 0)."""
         c = self.config.train
-        grid = sample_grid(
-            self.eval_model,
-            c.sample_temperatures,
-            c.samples_per_row,
-            self.config.data.n_bits,
-            seed=self.config.seed,
-        )
-        return save_png(path, grid)
+        if self.ctx.is_main:
+            grid = sample_grid(
+                self.eval_model,
+                c.sample_temperatures,
+                c.samples_per_row,
+                self.config.data.n_bits,
+                seed=self.config.seed,
+            )
+            save_png(path, grid)
+        barrier()
+        return Path(path)
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, name: str = "last") -> Path:
-        """Write ``checkpoints/NAME.json`` and its files (atomically); returns the manifest."""
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(self.generator),
-        }
-        return write_checkpoint(
-            self.checkpoint_dir / name,
-            self.model,
-            ema=self.ema,
-            train_config=self.config.to_dict(),
-            train_state=dataclasses.asdict(self.state),
-            state=state,
-            tag=f"{self.state.step:08d}",
-        )
+        """Write ``checkpoints/NAME.json`` and its files (atomically); returns the manifest.
+
+        Under ``torchrun`` every process calls it; rank 0 writes (the processes hold the same
+        weights, optimizer state and data position) and the others wait for it.
+        """
+        path = self.checkpoint_dir / f"{name}.json"
+        if self.ctx.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "rng": _rng_state(self.generator),
+            }
+            path = write_checkpoint(
+                self.checkpoint_dir / name,
+                self.model,
+                ema=self.ema,
+                train_config=self.config.to_dict(),
+                train_state=dataclasses.asdict(self.state),
+                state=state,
+                tag=f"{self.state.step:08d}",
+            )
+        barrier()
+        return path
 
     def _restore(self, path: Path, check_config: bool) -> None:
         checkpoint = read_checkpoint(path, map_location=self.device, with_state=True)
@@ -530,6 +641,8 @@ def evaluate_bits_per_dim(
     max_images: int | None = None,
     draws: int = 1,
     seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EvalResult:
     """Bits/dim of uint8 ``images`` under ``model``: mean and standard error over images.
 
@@ -537,9 +650,16 @@ def evaluate_bits_per_dim(
     error is ``std / sqrt(N)`` over images. The noise comes from its own generator seeded
     with ``seed``, so repeated evaluations are comparable and do not disturb training.
     For a class-conditional model ``labels`` give ``log p(x | y)``.
+
+    With ``world_size`` > 1 (a running process group, every rank calling with the same
+    arguments) batch ``k`` is evaluated by rank ``k % world_size`` and the per-image results
+    are gathered. Every rank still draws the noise of every batch, so each image gets the
+    same noise as in one process and the result equals the one-process figure.
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     ref = next(iter(model.parameters()))
     device, dtype = ref.device, ref.dtype
     n = len(images) if max_images is None else min(max_images, len(images))
@@ -552,35 +672,43 @@ def evaluate_bits_per_dim(
     generator = torch.Generator(device).manual_seed(seed + 1)
     was_training = model.training
     model.eval()
-    per_image = torch.zeros(n, dtype=torch.float64, device=device)
-    prior_sum = torch.zeros((), dtype=torch.float64, device=device)
-    logdet_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
+    # Per image, averaged over the draws: bits/dim, prior term, logdet term, correct labels.
+    per_image = torch.zeros(n, 4, dtype=torch.float64, device=device)
+    mine = torch.zeros(n, dtype=torch.bool, device=device)
     for _ in range(draws):
-        for start in range(0, n, batch_size):
+        for k, start in enumerate(range(0, n, batch_size)):
             batch = images[start : min(start + batch_size, n)].to(device)
-            y = labels[start : start + len(batch)].to(device) if labels is not None else None
             x = dequantize(batch, n_bits, dtype=dtype, generator=generator)
+            if k % world_size != rank:
+                continue  # another rank's batch; its noise was drawn to keep the stream
+            rows = slice(start, start + len(batch))
+            y = labels[rows].to(device) if labels is not None else None
             out = model.evaluate(x, y)
             prior = -out.prior_log_prob.double() * scale
             logdet = -out.logdet.double() * scale
-            per_image[start : start + len(batch)] += (prior + logdet + n_bits) / draws
-            prior_sum += prior.sum()
-            logdet_sum += logdet.sum()
+            per_image[rows, 0] += (prior + logdet + n_bits) / draws
+            per_image[rows, 1] += prior / draws
+            per_image[rows, 2] += logdet / draws
             if out.class_logits is not None and y is not None:
-                correct += (out.class_logits.argmax(1) == y).sum()
+                per_image[rows, 3] += (out.class_logits.argmax(1) == y).double() / draws
+            mine[rows] = True
     model.train(was_training)
-    bpd = per_image.mean().item()
-    sem = (per_image.std().item() / math.sqrt(n)) if n > 1 else float("nan")
-    accuracy = correct.item() / (n * draws) if labels is not None and model.conditional else None
+    if world_size > 1:
+        index = mine.nonzero().squeeze(1)
+        gathered = gather_cat(torch.cat([index.double().unsqueeze(1), per_image[index]], 1))
+        per_image = torch.zeros_like(per_image)
+        per_image[gathered[:, 0].long()] = gathered[:, 1:]
+    bpd = per_image[:, 0].mean().item()
+    sem = (per_image[:, 0].std().item() / math.sqrt(n)) if n > 1 else float("nan")
+    conditional = labels is not None and model.conditional
     return EvalResult(
         bpd=bpd,
         sem=sem,
-        prior_bpd=prior_sum.item() / (n * draws),
-        logdet_bpd=logdet_sum.item() / (n * draws),
+        prior_bpd=per_image[:, 1].mean().item(),
+        logdet_bpd=per_image[:, 2].mean().item(),
         n_images=n,
         draws=draws,
-        accuracy=accuracy,
+        accuracy=per_image[:, 3].mean().item() if conditional else None,
     )
 
 
@@ -622,6 +750,49 @@ def upscale(images: Tensor, min_size: int = 32) -> Tensor:
 
 
 # -- helpers --------------------------------------------------------------------------------
+def _check_speed_options(c: LoopConfig, device: torch.device) -> None:
+    """Reject fast paths that ``device`` cannot run (the config checks what it alone can)."""
+    if c.precision == "tf32" and device.type != "cuda":
+        raise ValueError(
+            f"train.precision=tf32 needs a CUDA device, but this run is on {device.type}; "
+            "use train.precision=fp32 (or bf16) there"
+        )
+
+
+def _allow_recompiles(limit: int) -> None:
+    """Let torch.compile keep ``limit`` versions of each layer's code (process-wide).
+
+    A layer class is compiled once per level (its parameters have other shapes), with and
+    without gradients, in training and evaluation mode, and again when the batch size first
+    changes: up to 8 versions per level, where dynamo's default stops at 8 in all and falls
+    back to eager code for the rest.
+    """
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
+
+
+def _process_context(device: torch.device) -> DistributedContext:
+    """This process's place: under torchrun, join the process group (gloo on the CPU)."""
+    ctx = setup_distributed(device=device.type)
+    if not ctx.distributed:  # one process: keep the device exactly as resolved
+        return DistributedContext(0, 1, 0, device)
+    return ctx
+
+
+class _SilentLog:
+    """The log of the processes other than rank 0: it writes nothing."""
+
+    def write(self, kind: str, step: int, **fields: Any) -> dict[str, Any]:
+        return {"kind": kind, "step": step, **fields}
+
+    def event(self, step: int, message: str, **fields: Any) -> dict[str, Any]:
+        return self.write("event", step, message=message, **fields)
+
+    def close(self) -> None:
+        pass
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code may use

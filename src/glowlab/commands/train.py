@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import (
     PRESETS,
@@ -19,13 +20,18 @@ from ..config import (
 )
 from ..models import MODELS
 
+if TYPE_CHECKING:
+    from ..train import Trainer
+
 HELP = "train a model (presets, config files and NAME=VALUE overrides; resumable)"
 DESCRIPTION = (
     "Train a flow by maximum likelihood. The config starts from --preset (or the defaults), "
     "then --config FILE, then the shortcut flags, then each --set NAME=VALUE in order. The "
     "resolved config is saved as OUT/config.json; OUT also gets log.jsonl, checkpoints/ "
     "(last and best), samples/ and, if TensorBoard is installed, tensorboard/. --resume "
-    "continues the run in OUT from checkpoints/last.json exactly where it stopped."
+    "continues the run in OUT from checkpoints/last.json exactly where it stopped. Under "
+    "torchrun (torchrun --nproc_per_node=N -m glowlab train ...) the N processes train "
+    "data-parallel on shares of the global train.batch_size; rank 0 writes OUT."
 )
 
 #: Shortcut flags and the config field each one sets.
@@ -85,6 +91,14 @@ def _epilog() -> str:
     )
     lines.append("  glowlab train --preset glow-cifar10 --data-dir ~/data --out runs/c10")
     lines.append("  glowlab train --out runs/c10 --resume --set train.steps=500000")
+    lines.append(
+        "  glowlab train --preset glow-cifar10 --device cuda --set train.precision=bf16 "
+        "--set train.compile=true"
+    )
+    lines.append(
+        "  torchrun --nproc_per_node=2 -m glowlab train --preset glow-digits --device cpu "
+        "--out runs/ddp"
+    )
     return "\n".join(lines)
 
 
@@ -165,25 +179,41 @@ def run(args: argparse.Namespace) -> int:
     out = _out_dir(args, config)
     import torch
 
-    from ..train import Trainer, TrainingError  # imported here: --help stays fast
+    from ..distributed import cleanup
+    from ..train import Trainer  # imported here: --help stays fast
 
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
-    trainer = Trainer(config, out, resume=args.resume)
-    print(
-        f"training {config.model.name} ({trainer.num_parameters:,} parameters) on "
-        f"{config.data.name} {trainer.image_shape} on {trainer.device}, "
-        f"steps {trainer.state.step} -> {config.train.steps}; run folder {out}",
-        file=sys.stderr,
-    )
+    try:
+        return _train(Trainer(config, out, resume=args.resume), out)
+    finally:
+        cleanup()  # under torchrun: leave the process group (nothing otherwise)
+
+
+def _train(trainer: Trainer, out: Path) -> int:
+    """Run ``trainer`` and report on rank 0 (the only process that prints)."""
+    from ..train import TrainingError
+
+    config, main = trainer.config, trainer.ctx.is_main
+    processes = f" x {trainer.ctx.world_size} processes" if trainer.ctx.distributed else ""
+    if main:
+        print(
+            f"training {config.model.name} ({trainer.num_parameters:,} parameters) on "
+            f"{config.data.name} {trainer.image_shape} on {trainer.device}{processes}, "
+            f"steps {trainer.state.step} -> {config.train.steps}; run folder {out}",
+            file=sys.stderr,
+        )
     try:
         result = trainer.fit()
     except TrainingError as exc:
-        print(f"glowlab train: error: {exc}", file=sys.stderr)
+        if main:
+            print(f"glowlab train: error: {exc}", file=sys.stderr)
         return 1
+    if not main:
+        return 0
     print(
         f"test bits/dim: {result['test_bpd']:.4f} +- {result['test_bpd_sem']:.4f} (standard error)"
     )

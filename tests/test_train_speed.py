@@ -1,0 +1,121 @@
+"""The Trainer's fast paths (precision, compile, channels-last, memory modes) keep its losses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import glowlab
+import glowlab.train
+from glowlab.config import TrainConfig, apply_overrides, get_preset
+from glowlab.data import get_dataset
+from glowlab.distributed import DistributedContext
+from glowlab.errors import UsageError
+from glowlab.runlog import read_log
+from glowlab.train import Trainer, evaluate_bits_per_dim
+
+TINY = [
+    "model.levels=2",
+    "model.steps=2",
+    "model.hidden_channels=16",
+    "data.max_train_images=128",
+    "optim.warmup_steps=2",
+    "train.batch_size=32",
+    "train.init_batch_size=64",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "train.max_eval_images=64",
+    "train.samples_per_row=2",
+    "train.sample_temperatures=[0.7]",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "device=cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def _float32() -> None:
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores float64 afterwards
+
+
+def _config(*overrides: str) -> TrainConfig:
+    return apply_overrides(get_preset("glow-digits"), [*TINY, *overrides])
+
+
+def _fit(run: Path, *overrides: str) -> tuple[list[float], float]:
+    """The logged per-step losses and the final test bits/dim of a run."""
+    result = Trainer(_config(*overrides), run).fit()
+    losses = [r["loss_bpd"] for r in read_log(run / "log.jsonl") if r["kind"] == "train"]
+    return losses, result["test_bpd"]
+
+
+def test_bf16_training_keeps_the_float32_likelihood(tmp_path: Path) -> None:
+    steps = ["train.steps=8", "optim.lr=5e-3"]  # long enough for the networks to matter
+    losses, bpd = _fit(tmp_path / "bf16", *steps, "train.precision=bf16")
+    reference, _ = _fit(tmp_path / "fp32", *steps)
+    assert losses != reference  # the coupling networks really ran in bfloat16
+    assert losses == pytest.approx(reference, abs=0.01)
+    # The same weights, loaded as a plain model and evaluated in float32 throughout.
+    model = glowlab.load(tmp_path / "bf16")
+    weights = [t for t in model.state_dict().values() if t.is_floating_point()]
+    assert weights and all(t.dtype == torch.float32 for t in weights)
+    test = get_dataset("digits", "test")
+    fp32 = evaluate_bits_per_dim(model, test.images, n_bits=8, max_images=64, seed=0)
+    assert bpd != fp32.bpd and abs(bpd - fp32.bpd) < 0.01
+
+
+def test_compiled_training_matches_eager(tmp_path: Path) -> None:
+    # aot_eager traces every flow step through dynamo and AOT autograd without a compiler.
+    compiled = ["train.compile=true", "train.compile_backend=aot_eager"]
+    losses, bpd = _fit(tmp_path / "compiled", "train.steps=2", *compiled)
+    reference, reference_bpd = _fit(tmp_path / "eager", "train.steps=2")
+    assert losses == pytest.approx(reference, rel=1e-5)
+    assert bpd == pytest.approx(reference_bpd, rel=1e-5)
+    assert (tmp_path / "compiled" / "samples" / "step-0000002.png").is_file()
+
+
+def test_channels_last_and_memory_modes_compose(tmp_path: Path) -> None:
+    reference, reference_bpd = _fit(tmp_path / "plain", "train.steps=3", "train.precision=bf16")
+    for mode in ("invertible", "checkpoint"):
+        options = ["train.channels_last=true", f"train.memory_mode={mode}"]
+        losses, bpd = _fit(tmp_path / mode, "train.steps=3", "train.precision=bf16", *options)
+        assert losses == pytest.approx(reference, rel=1e-5), mode
+        assert bpd == pytest.approx(reference_bpd, rel=1e-5), mode
+
+
+def test_channels_last_keeps_the_losses(tmp_path: Path) -> None:
+    losses, bpd = _fit(tmp_path / "nhwc", "train.steps=3", "train.channels_last=true")
+    reference, reference_bpd = _fit(tmp_path / "nchw", "train.steps=3")
+    assert losses == pytest.approx(reference, rel=1e-5)
+    assert bpd == pytest.approx(reference_bpd, rel=1e-5)
+
+
+def test_tf32_needs_cuda(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"train.precision=tf32 needs a CUDA device"):
+        Trainer(_config("train.precision=tf32"), tmp_path)
+    assert not (tmp_path / "config.json").exists()  # rejected before writing anything
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.precision=bf16", "train.dtype=float64"], r"precision=bf16 needs train.dtype"),
+        (["train.precision=tf32", "train.dtype=float64"], r"precision=tf32 needs train.dtype"),
+        (["train.precision=fp16"], r"train.precision must be one of fp32, tf32, bf16"),
+        (["train.compile_backend= "], r"train.compile_backend must be a backend name"),
+        (["train.compile=yes"], r"train.compile must be true or false"),
+    ],
+)
+def test_incompatible_options_are_rejected(overrides: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        _config(*overrides)
+
+
+def test_global_batch_must_split_evenly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    three = DistributedContext(0, 3, 0, torch.device("cpu"))
+    monkeypatch.setattr(glowlab.train, "_process_context", lambda device: three)
+    with pytest.raises(ValueError, match=r"batch over all 3 processes.*multiple"):
+        Trainer(_config("train.batch_size=32"), tmp_path)
