@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from ..nets import NetFactory
 from .base import Transform, check_channels, zero_logdet
 
-__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "checkerboard_mask"]
+__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "Rebuilt", "checkerboard_mask"]
 
 CouplingKind = Literal["additive", "affine"]
 MaskKind = Literal["channel", "checkerboard"]
@@ -20,6 +21,21 @@ ScaleKind = Literal["sigmoid", "exp_tanh"]
 _KINDS = ("additive", "affine")
 _MASKS = ("channel", "checkerboard")
 _SCALES = ("sigmoid", "exp_tanh")
+
+
+class Rebuilt(NamedTuple):
+    """A layer's input rebuilt from its output, with the forward graph recomputed.
+
+    ``x`` is the input (detached); ``leaves`` are tensors that require grad and together
+    make up ``x``; ``z`` and ``logdet`` are the forward outputs computed from the leaves;
+    ``combine(*leaf_grads)`` turns the leaves' gradients into the gradient of ``x``.
+    """
+
+    x: Tensor
+    leaves: tuple[Tensor, ...]
+    z: Tensor
+    logdet: Tensor
+    combine: Callable[..., Tensor]
 
 
 def checkerboard_mask(height: int, width: int, parity: int, like: Tensor) -> Tensor:
@@ -160,6 +176,49 @@ class Coupling(Transform):
             out = keep + (1 - mask) * (x * torch.exp(log_s) + shift)
         logdet = log_s.flatten(1).sum(1)
         return out, -logdet if inverse else logdet
+
+    def rebuild(self, z: Tensor, context: Tensor | None = None) -> Rebuilt:
+        """The input of ``z`` and the forward graph from it, in one network evaluation.
+
+        The memory-saving backward pass (:mod:`glowlab.memory`) needs both the input of a
+        layer and the layer's forward graph. A coupling's kept part is the same in input
+        and output, so the network that inverts the layer is the network of the forward
+        pass: evaluating it once, with gradients, serves both. Call with gradients enabled.
+        """
+        check_channels(z, self.channels, "Coupling")
+        if self.mask == "checkerboard":
+            return self._rebuild_checkerboard(z)
+        kept_z, other_z = self._split(z)
+        kept = kept_z.detach().requires_grad_(True)
+        shift, log_s = self._shift_logscale(self.net(kept))
+        with torch.no_grad():
+            other_x = other_z - shift if log_s is None else (other_z - shift) * torch.exp(-log_s)
+        other = other_x.detach().requires_grad_(True)
+        if log_s is None:
+            out, logdet = other + shift, zero_logdet(z)
+        else:
+            out, logdet = other * torch.exp(log_s) + shift, log_s.flatten(1).sum(1)
+        x = self._merge(kept.detach(), other_x)
+        return Rebuilt(x, (kept, other), self._merge(kept, out), logdet, self._merge)
+
+    def _rebuild_checkerboard(self, z: Tensor) -> Rebuilt:
+        mask = checkerboard_mask(z.shape[2], z.shape[3], self.parity, z)
+        keep = (z * mask).detach().requires_grad_(True)
+        shift, log_s = self._shift_logscale(self.net(keep))
+        shift = shift * (1 - mask)
+        if log_s is not None:
+            log_s = log_s * (1 - mask)
+        with torch.no_grad():
+            changed = z - shift if log_s is None else (z - shift) * torch.exp(-log_s)
+            x = keep + (1 - mask) * changed
+        full = x.detach().requires_grad_(True)
+        if log_s is None:
+            out, logdet = keep + (1 - mask) * full + shift, zero_logdet(z)
+        else:
+            out = keep + (1 - mask) * (full * torch.exp(log_s) + shift)
+            logdet = log_s.flatten(1).sum(1)
+        # ``keep`` stands for x * mask and ``full`` for x on the other cells.
+        return Rebuilt(x, (keep, full), out, logdet, lambda g_keep, g_full: g_keep * mask + g_full)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(x, inverse=False)
