@@ -41,6 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._optional import require
 from .errors import GlowlabError
 from .models import FlowModel, build_model
 
@@ -190,7 +191,7 @@ def _stem(path: PathLike) -> Path:
 
 
 def _save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    save_file = require("safetensors.torch", "train").save_file
 
     save_file(tensors, str(path), metadata=metadata)
 
@@ -354,7 +355,7 @@ def _verified(manifest_path: Path, entry: Mapping[str, Any]) -> Path:
 
 
 def _load_tensors(file: Path, map_location: str | torch.device) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
+    load_file = require("safetensors.torch", "train").load_file
 
     try:
         return load_file(str(file), device=str(torch.device(map_location)))
@@ -363,7 +364,7 @@ def _load_tensors(file: Path, map_location: str | torch.device) -> dict[str, Ten
 
 
 def _read_bare_weights(path: Path, map_location: str | torch.device) -> Checkpoint:
-    from safetensors import safe_open
+    safe_open = require("safetensors", "train").safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:

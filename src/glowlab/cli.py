@@ -79,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"glowlab {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # an optional dependency is missing; the message says which
+        if os.environ.get("GLOWLAB_DEBUG"):
+            raise
+        print(f"glowlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"glowlab {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._optional import require
 from .models.base import FlowModel
 
 __all__ = [
@@ -383,7 +384,7 @@ def save_direction(direction: Direction, path: str | os.PathLike[str]) -> Path:
     meta = json.dumps(direction.metadata)
     if path.suffix == ".safetensors":
         try:
-            from safetensors.torch import save_file
+            save_file = require("safetensors.torch", "train").save_file
         except ImportError:
             raise ValueError(
                 "saving .safetensors needs the safetensors package (pip install glowlab[train]); "
@@ -404,7 +405,7 @@ def load_direction(path: str | os.PathLike[str]) -> Direction:
         raise FileNotFoundError(f"direction file {path} does not exist")
     if path.suffix == ".safetensors":
         try:
-            from safetensors import safe_open
+            safe_open = require("safetensors", "train").safe_open
         except ImportError:
             raise ValueError("reading .safetensors needs the safetensors package") from None
         try:

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._optional import require
 from .checkpoint import (
     CheckpointError,
     build_model_on,
@@ -154,6 +155,7 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"Trainer expects a TrainConfig, got {type(config).__name__}")
         # -- setup ---------------------------------------------------------------------
+        require("safetensors", "train")  # checkpoints need it: fail now, not at the first save
         self.config = config
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
