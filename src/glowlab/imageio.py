@@ -408,6 +408,32 @@ def labels_for(model: FlowModel, image_set: ImageSet, label: int | None) -> Tens
     return image_set.labels.long()
 
 
+@dataclass
+class CommandInputs:
+    """What a latent-space command starts from: the model and the images it works on."""
+
+    model: FlowModel
+    n_bits: int
+    images: ImageSet
+    y: Tensor | None
+    x: Tensor
+
+
+def command_inputs(args: argparse.Namespace) -> CommandInputs:
+    """Load ``args.checkpoint`` and ``args.count`` images of ``args.images`` for a command.
+
+    Seeds torch with ``args.seed``; ``x`` is the model's float input, ``y`` the labels of a
+    class-conditional model (``args.label`` for all images, else the source's labels).
+    """
+    torch.manual_seed(args.seed)
+    model, n_bits = load_model(args.checkpoint, args.device)
+    image_set = images_for(model, args.images, args.data_dir, args.fit, args.count)
+    y = labels_for(model, image_set, args.label)
+    return CommandInputs(
+        model, n_bits, image_set, y, to_model_input(model, image_set.images, n_bits)
+    )
+
+
 def to_model_input(model: FlowModel, images: Tensor, n_bits: int) -> Tensor:
     """uint8 images -> the model's float input at the centres of their bins (no noise)."""
     ref = model._reference()

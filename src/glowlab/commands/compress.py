@@ -9,11 +9,8 @@ import torch
 
 from ..imageio import (
     add_source_arguments,
-    images_for,
-    labels_for,
-    load_model,
+    command_inputs,
     save_rows,
-    to_model_input,
 )
 from ..latent import COMPRESSION_FRACTIONS, compress, keep_masks
 
@@ -42,10 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, n_bits = load_model(args.checkpoint, args.device)
-    image_set = images_for(model, args.images, args.data_dir, args.fit, args.count)
-    y = labels_for(model, image_set, args.label)
-    x = to_model_input(model, image_set.images, n_bits)
+    inputs = command_inputs(args)
+    model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x
     generator = torch.Generator(device=x.device).manual_seed(args.seed)
     rows = compress(model, x, args.fractions, args.temperature, y, generator)
     path = save_rows(args.out, list(rows), n_bits, args.zoom)

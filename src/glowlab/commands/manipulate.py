@@ -11,9 +11,9 @@ import torch
 from ..imageio import (
     ImageSet,
     add_source_arguments,
+    command_inputs,
     images_for,
     labels_for,
-    load_model,
     read_attribute_table,
     save_rows,
     to_model_input,
@@ -129,11 +129,8 @@ def _split(image_set: ImageSet, args: argparse.Namespace) -> tuple[torch.Tensor,
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    model, n_bits = load_model(args.checkpoint, args.device)
-    image_set = images_for(model, args.images, args.data_dir, args.fit, args.count)
-    y = labels_for(model, image_set, args.label)
-    x = to_model_input(model, image_set.images, n_bits)
+    inputs = command_inputs(args)
+    model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x
     if args.direction is not None:
         direction = load_direction(args.direction)
     else:

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..imageio import (
     add_source_arguments,
-    images_for,
-    labels_for,
-    load_model,
+    command_inputs,
     save_rows,
-    to_model_input,
 )
 from ..latent import reconstruct
 from ..metrics import quantize
@@ -35,11 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    model, n_bits = load_model(args.checkpoint, args.device)
-    image_set = images_for(model, args.images, args.data_dir, args.fit, args.count)
-    y = labels_for(model, image_set, args.label)
-    x = to_model_input(model, image_set.images, n_bits)
+    inputs = command_inputs(args)
+    model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x
+    image_set = inputs.images
     x_hat, error = reconstruct(model, x, y)
     exact = bool((quantize(x_hat, n_bits) == image_set.images.to(x_hat.device)).all())
     path = save_rows(args.out, [x, x_hat], n_bits, args.zoom)

@@ -9,11 +9,8 @@ import torch
 
 from ..imageio import (
     add_source_arguments,
-    images_for,
-    labels_for,
-    load_model,
+    command_inputs,
     save_rows,
-    to_model_input,
 )
 from ..restore import TASKS, center_mask, restore
 
@@ -47,11 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    model, n_bits = load_model(args.checkpoint, args.device)
-    image_set = images_for(model, args.images, args.data_dir, args.fit, args.count)
-    y = labels_for(model, image_set, args.label)
-    clean = to_model_input(model, image_set.images, n_bits)
+    inputs = command_inputs(args)
+    model, n_bits, y, clean = inputs.model, inputs.n_bits, inputs.y, inputs.x
     tasks = (
         [t for t in TASKS if t != "colorize" or model.image_shape[0] == 3]
         if args.task == "all"
