@@ -14,6 +14,7 @@ from glowlab.latent import (
     attribute_direction,
     compress,
     encode_images,
+    interpolate,
     interpolate_path,
     keep_masks,
     load_direction,
@@ -220,3 +221,19 @@ def test_compress_keeps_the_chosen_latents_and_resamples_the_rest() -> None:
             torch.testing.assert_close(b[:, mask], a[:, mask], atol=1e-8, rtol=0)
             if bool((~mask).any()):
                 assert not torch.allclose(b[:, ~mask], a[:, ~mask])
+
+
+def test_interpolate_reproduces_both_endpoints_with_different_classes() -> None:
+    model = glowlab.Glow((1, 4, 4), levels=1, steps=1, hidden_channels=8, num_classes=3)
+    model.train()
+    with torch.no_grad():
+        model.evaluate(torch.rand(16, 1, 4, 4) - 0.5, torch.arange(16) % 3)
+    with torch.no_grad():
+        for p in model.parameters():  # class embeddings that actually differ
+            p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    x_a, x_b = torch.rand(2, 1, 4, 4) - 0.5, torch.rand(2, 1, 4, 4) - 0.5
+    y_a, y_b = torch.tensor([0, 1]), torch.tensor([2, 2])
+    path = interpolate(model, x_a, x_b, steps=5, y_a=y_a, y_b=y_b)
+    torch.testing.assert_close(path[0], x_a, rtol=0, atol=1e-10)
+    torch.testing.assert_close(path[-1], x_b, rtol=0, atol=1e-10)

@@ -210,3 +210,64 @@ def test_alpha_that_is_not_a_number_is_a_usage_error(files, capsys) -> None:
         main(["manipulate", files["plain"], files["data"], "--positive", "1", "--alphas", "big"])
     assert exit_info.value.code == 2
     assert "invalid float value: 'big'" in capsys.readouterr().err
+
+
+def test_attribute_csv_that_names_only_some_images_is_an_error(files, tmp_path, capsys) -> None:
+    table = tmp_path / "partial.csv"
+    rows = ["image,Bright"] + [f"data.npz[{i}],{int(i % 2 == 0)}" for i in range(23)]
+    table.write_text("\n".join([*rows, "typo.png,1"]) + "\n")
+    code, _, err = _run(
+        capsys, "manipulate", files["plain"], files["data"], "--attributes", str(table),
+        "--attribute", "Bright", "--out", str(tmp_path / "a.png"),
+    )  # fmt: skip
+    assert code == 2 and "names some images but not 'data.npz[23]'" in err
+
+
+def test_reconstruct_compares_at_the_models_bit_depth(files, tmp_path, capsys) -> None:
+    manifest = Path(files["plain"])
+    five_bit = tmp_path / "five.json"
+    data = json.loads(manifest.read_text())
+    data["train_config"] = {"data": {"n_bits": 5}}
+    five_bit.write_text(json.dumps(data))
+    for entry in manifest.parent.iterdir():  # the weights the manifest lists, beside it
+        if entry.suffix == ".safetensors":
+            (tmp_path / entry.name).write_bytes(entry.read_bytes())
+    code, text, _ = _run(
+        capsys, "reconstruct", str(five_bit), files["data"], "--out", str(tmp_path / "r.png")
+    )
+    assert code == 0
+    assert "8-bit images reproduced exactly: yes" in text
+
+
+def test_ood_needs_a_reference_for_file_inputs(files, tmp_path, capsys) -> None:
+    code, _, err = _run(
+        capsys, "ood", files["plain"], "--in", files["data"], "--outliers", "noise",
+        "--plot", str(tmp_path / "o.png"),
+    )  # fmt: skip
+    assert code == 2 and "pass --reference" in err
+
+
+def test_output_path_that_is_a_folder_is_one_line(files, tmp_path, capsys) -> None:
+    argv = ["reconstruct", files["plain"], files["data"], "--out", str(tmp_path)]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"glowlab reconstruct: error: {tmp_path} is a folder; give a file name for the PNG"
+    ]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_diverging_toy_flow_is_one_line_with_exit_code_1(tmp_path, capsys) -> None:
+    code, _, err = _run(
+        capsys, "toy", "--steps", "20", "--lr", "1e9", "--out", str(tmp_path / "t.png")
+    )
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "non-finite" in err
+
+
+def test_interpolate_rejects_negative_indices(files, tmp_path, capsys) -> None:
+    code, _, err = _run(
+        capsys, "interpolate", files["plain"], files["data"], "--indices", "-1", "0",
+        "--out", str(tmp_path / "i.png"),
+    )  # fmt: skip
+    assert code == 2 and "non-negative" in err

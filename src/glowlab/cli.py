@@ -73,12 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         if os.environ.get("GLOWLAB_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"glowlab {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # an optimisation diverged; the message says where
+        if os.environ.get("GLOWLAB_DEBUG"):
+            raise
+        print(f"glowlab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except ImportError as exc:  # an optional dependency is missing; the message says which
         if os.environ.get("GLOWLAB_DEBUG"):
             raise

@@ -126,10 +126,11 @@ def load_images(
 
 
 def _load_dataset(spec: str, data_dir: str | os.PathLike[str] | None) -> ImageSet:
-    from .data import dataset_names, get_dataset
+    from .data import canonical_name, dataset_names, get_dataset
 
-    name, _, split = spec.partition(":")
-    if name not in dataset_names():
+    given, _, split = spec.partition(":")
+    name = canonical_name(given)
+    if name is None:
         raise FileNotFoundError(
             f"{spec!r} is neither a file nor a folder nor a dataset; datasets are "
             f"{', '.join(dataset_names())} (as NAME or NAME:SPLIT)"
@@ -289,7 +290,8 @@ def read_attribute_table(path: str | os.PathLike[str]) -> tuple[list[str], list[
     Two formats: CelebA's ``list_attr_celeba.txt`` (a count line, a line of names, then
     ``filename v1 v2 ...`` with values -1/1), and a CSV file whose header is a key column
     followed by attribute names, with values 0/1, -1/1 or true/false. Rows are matched to
-    images by file name (or the image's name), or by position when no name matches.
+    images by file name (or the image's name), or by position when no name matches and the
+    table has one row per image.
     """
     path = Path(path)
     if not path.is_file():

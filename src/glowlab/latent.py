@@ -63,12 +63,18 @@ Method = Literal["linear", "slerp"]
 COMPRESSION_FRACTIONS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 # -- interpolation ----------------------------------------------------------------------
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     """Spherical interpolation between ``a`` and ``b`` (B, ...) at fractions ``t`` (T,).
 
-    Returns (T, B, ...). Falls back to linear interpolation where the two are parallel.
-    ``t = 0`` gives ``a`` and ``t = 1`` gives ``b`` exactly.
+    Returns (T, B, ...). Falls back to linear interpolation where the two are parallel or
+    opposite (the great circle is then not unique); between opposite latents that path goes
+    through the origin. ``t = 0`` gives ``a`` and ``t = 1`` gives ``b`` exactly.
     """
     af, bf = a.flatten(1), b.flatten(1)
     cos = (af * bf).sum(1) / (af.norm(dim=1) * bf.norm(dim=1)).clamp_min(1e-12)
@@ -126,12 +132,16 @@ def interpolate(
     ``x_a`` and ``x_b`` are float images (B, C, H, W) in [-0.5, 0.5); returns
     (steps, B, C, H, W) whose first and last entries decode ``encode(x_a)`` and
     ``encode(x_b)``, which reproduce the inputs up to floating-point error. For a
-    class-conditional model the classes are kept from ``y_a`` (``y_b`` only encodes ``x_b``).
+    class-conditional model the path is decoded with ``y_a`` and its last step with ``y_b``
+    (``y_b`` defaults to ``y_a``).
     """
+    y_b = y_a if y_b is None else y_b
     za = model.encode(x_a, y_a)
-    zb = model.encode(x_b, y_b if y_b is not None else y_a)
+    zb = model.encode(x_b, y_b)
     path = interpolate_latents(za, zb, steps, method)
-    y = None if y_a is None else y_a.repeat(steps)
+    y = None
+    if y_a is not None and y_b is not None:
+        y = torch.cat([y_a.repeat(steps - 1), y_b])
     return model.decode(path, y).view(steps, *x_a.shape)
 
 
@@ -202,6 +212,7 @@ def encode_images(
     model: FlowModel, x: Tensor, y: Tensor | None = None, batch_size: int = 256
 ) -> list[Tensor]:
     """``model.encode`` in batches of ``batch_size``, without gradients."""
+    _check_batch_size(batch_size)
     device = model._reference().device
     chunks = []
     for start in range(0, x.shape[0], batch_size):
@@ -215,6 +226,7 @@ def decode_latents(
     model: FlowModel, latents: Sequence[Tensor], y: Tensor | None = None, batch_size: int = 256
 ) -> Tensor:
     """``model.decode`` in batches of ``batch_size``, without gradients."""
+    _check_batch_size(batch_size)
     n = latents[0].shape[0]
     device = model._reference().device
     out = []

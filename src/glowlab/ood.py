@@ -77,6 +77,8 @@ def per_image_bits_per_dim(
             f"the images are {tuple(images.shape[1:])} but the model takes "
             f"{tuple(model.image_shape)}"
         )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = []
     for start in range(0, images.shape[0], batch_size):
         yb = None if y is None else y[start : start + batch_size]
@@ -163,9 +165,14 @@ def png_bits_per_dim(images: Tensor, level: int = 9) -> Tensor:
     return torch.tensor(lengths, dtype=torch.float64) * 8 / dims
 
 
-def complexity_scores(bpd: Tensor, images: Tensor) -> Tensor:
-    """Serrà et al.'s ``S(x) = bits/dim - L(x)`` with :func:`png_bits_per_dim` as ``L``."""
-    return bpd.double().cpu() - png_bits_per_dim(images)
+def complexity_scores(bpd: Tensor, images: Tensor, n_bits: int = 8) -> Tensor:
+    """Serrà et al.'s ``S(x) = bits/dim - L(x)`` with :func:`png_bits_per_dim` as ``L``.
+
+    ``L`` compresses the images at the bit depth the model sees (``n_bits``), so that both
+    terms measure the same data.
+    """
+    levels = torch.div(images, 2 ** (8 - n_bits), rounding_mode="floor").to(torch.uint8)
+    return bpd.double().cpu() - png_bits_per_dim(levels)
 
 
 def typicality_scores(bpd: Tensor, entropy: float, batch: int = 1) -> Tensor:
@@ -266,7 +273,7 @@ def ood_scores(
     scores: dict[str, dict[str, Tensor]] = {
         "likelihood": bpd,
         "typicality": {n: typicality_scores(b, entropy, typicality_batch) for n, b in bpd.items()},
-        "complexity": {n: complexity_scores(bpd[n], sets[n]) for n in sets},
+        "complexity": {n: complexity_scores(bpd[n], sets[n], n_bits) for n in sets},
     }
     aurocs = {
         score: {n: auroc(values[in_name], values[n]) for n in out_images}

@@ -357,18 +357,18 @@ def restore(
     if task == "inpaint":
         mask = (center_mask(clean.shape) if mask is None else mask).to(clean)
         baseline = mean_fill(observation, mask)
-        restored = inpaint(model, observation, mask, steps, lr or 0.01, y)
+        restored = inpaint(model, observation, mask, steps, 0.01 if lr is None else lr, y)
         shown = observation
     elif task == "denoise":
         baseline = observation
-        restored = denoise(model, observation, sigma, steps, lr or 0.005, y)
+        restored = denoise(model, observation, sigma, steps, 0.005 if lr is None else lr, y)
         shown = observation
     elif task == "colorize":
         baseline = observation.expand(-1, 3, -1, -1)
-        restored = colorize(model, observation, steps, lr or 0.01, y)
+        restored = colorize(model, observation, steps, 0.01 if lr is None else lr, y)
         shown = baseline
     else:
         baseline = upsample(observation)
-        restored = super_resolve(model, observation, steps, lr or 0.01, y)
+        restored = super_resolve(model, observation, steps, 0.01 if lr is None else lr, y)
         shown = baseline
     return Restoration(task, clean, shown, baseline, restored)

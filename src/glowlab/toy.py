@@ -127,8 +127,10 @@ class ToyFlow(nn.Module):
         permutation: ToyPermutation = "conv1x1",
     ) -> None:
         super().__init__()
-        if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"layers must be a positive integer, got {layers!r}")
+        for name, value in (("layers", layers), ("hidden_features", hidden_features),
+                            ("hidden_layers", hidden_layers)):  # fmt: skip
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if permutation not in ("conv1x1", "reverse", "none"):
             raise ValueError(
                 f"unknown permutation {permutation!r}; choose 'conv1x1', 'reverse' or 'none'"
@@ -204,7 +206,7 @@ def train_toy(
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(steps):
-        x = sample_density(density, batch_size, generator).to(next(flow.parameters()).dtype)
+        x = sample_density(density, batch_size, generator).to(next(flow.parameters()))
         loss = -flow.log_prob(x).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(

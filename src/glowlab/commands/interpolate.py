@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     if len(args.indices) < 2:
         raise ValueError("--indices needs at least two images")
+    if min(args.indices) < 0:
+        raise ValueError(f"--indices must be non-negative, got {min(args.indices)}")
     model, n_bits = load_model(args.checkpoint, args.device)
     image_set = images_for(model, args.images, args.data_dir, args.fit, max(args.indices) + 1)
     if max(args.indices) >= len(image_set) or min(args.indices) < 0:

@@ -97,8 +97,13 @@ def _attribute_mask(image_set: ImageSet, args: argparse.Namespace) -> tuple[torc
     matched = [lookup.get(n, lookup.get(Path(n).name)) for n in image_set.names]
     if all(m is not None for m in matched):
         mask = column[np.array(matched, dtype=np.int64)]
-    elif len(rows) >= len(image_set):
-        mask = column[: len(image_set)]  # no names match: rows are in image order
+    elif any(m is not None for m in matched):
+        missing = next(n for n, m in zip(image_set.names, matched, strict=True) if m is None)
+        raise ValueError(
+            f"{args.attributes} names some images but not {missing!r}; give every image a row"
+        )
+    elif len(rows) == len(image_set):
+        mask = column  # no names match: the rows are in image order
     else:
         raise ValueError(
             f"{args.attributes} has {len(rows)} rows and its names do not match the "

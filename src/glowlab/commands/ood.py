@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
+from ..data import canonical_name
 from ..imageio import FitMode, fit_images, load_images, load_model
 from ..images import save_png
 from ..ood import SCORES, noise_images, ood_scores
@@ -42,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reference",
-        help="held-in images for the typicality entropy (default: the training split of --in)",
+        help="held-in images for the typicality entropy (default: the training split of --in "
+        "when --in is a dataset; required otherwise)",
     )
     parser.add_argument("--count", type=int, default=1000, help="images per set")
     parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
@@ -84,12 +87,13 @@ def run(args: argparse.Namespace) -> int:
     model, n_bits = load_model(args.checkpoint, args.device)
     shape = tuple(model.image_shape)
     inliers = _images(args.inliers, shape, args, "none")  # type: ignore[arg-type]
-    reference_source = args.reference or args.inliers.partition(":")[0] + ":train"
+    reference_source = args.reference or _training_split(args.inliers)
     reference = _images(reference_source, shape, args, "none")  # type: ignore[arg-type]
     outliers = {name: _images(name, shape, args, args.fit) for name in args.outliers}
     result = ood_scores(
         model, inliers, outliers, reference, args.inliers, n_bits, args.batch_size,
-        args.typicality_batch, torch.Generator().manual_seed(args.seed),
+        args.typicality_batch,
+        torch.Generator(device=model._reference().device).manual_seed(args.seed),
     )  # fmt: skip
     for name, bpd in result.bpd.items():
         print(f"{name:<24} bits/dim mean {float(bpd.mean()):.3f}  std {float(bpd.std()):.3f}")
@@ -111,3 +115,14 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
     return 0
+
+
+def _training_split(source: str) -> str:
+    """``NAME:train`` for a dataset source ``NAME[:SPLIT]``; other sources need --reference."""
+    name = canonical_name(source.partition(":")[0])
+    if name is None or Path(source).exists():
+        raise ValueError(
+            f"--in {source} is not a dataset, so there is no training split to estimate the "
+            "typicality entropy from; pass --reference with held-in images"
+        )
+    return f"{name}:train"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import reduce_bits
 from ..imageio import (
     add_source_arguments,
     command_inputs,
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x
     image_set = inputs.images
     x_hat, error = reconstruct(model, x, y)
-    exact = bool((quantize(x_hat, n_bits) == image_set.images.to(x_hat.device)).all())
+    original = reduce_bits(image_set.images, n_bits).to(x_hat.device)
+    exact = bool((quantize(x_hat, n_bits) == original).all())
     path = save_rows(args.out, [x, x_hat], n_bits, args.zoom)
     grey = 1 / 2**n_bits
     print(f"images: {len(image_set)} from {args.images}, model dtype {x.dtype}")

@@ -33,6 +33,7 @@ from .folder import IMAGE_EXTENSIONS, ImageFolder, list_images
 from .mnist import MNIST, FashionMNIST, read_idx
 from .registry import (
     DatasetInfo,
+    canonical_name,
     dataset_info,
     dataset_names,
     dataset_splits,
@@ -56,6 +57,7 @@ __all__ = [
     "ImageFolder",
     "RemoteFile",
     "TensorImageDataset",
+    "canonical_name",
     "dataset_info",
     "dataset_names",
     "dataset_splits",

@@ -33,6 +33,7 @@ from .svhn import SVHN, SVHN_FILES
 
 __all__ = [
     "DatasetInfo",
+    "canonical_name",
     "dataset_info",
     "dataset_names",
     "dataset_splits",
@@ -92,6 +93,19 @@ def _canonical(name: str) -> str:
             f"unknown dataset {name!r}; valid names are " + ", ".join(map(repr, _SPECS))
         )
     return key
+
+
+def canonical_name(name: str) -> str | None:
+    """The registry's name for ``name`` (case, ``_`` for ``-`` and aliases resolved), or None.
+
+    Example:
+        >>> canonical_name("CIFAR_10"), canonical_name("not-a-dataset")
+        ('cifar10', None)
+    """
+    try:
+        return _canonical(name)
+    except ValueError:
+        return None
 
 
 def dataset_splits(name: str) -> tuple[str, ...]:
