@@ -214,6 +214,15 @@ def test_actnorm_data_dependent_init() -> None:
         torch.testing.assert_close(layer.state_dict()[key], value)
 
 
+def test_actnorm_init_is_accurate_in_float32_far_from_zero() -> None:
+    layer = ActNorm(2).float()
+    x = (torch.randn(256, 2, 4, 4) * 0.1 + 100.0).float()
+    z, _ = layer(x)
+    torch.testing.assert_close(
+        z.double().std((0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3, rtol=0
+    )
+
+
 def test_actnorm_does_not_initialise_in_eval_mode() -> None:
     layer = ActNorm(2).eval()
     x = torch.randn(4, 2, 3, 3)
@@ -253,7 +262,7 @@ def test_conv1x1_starts_volume_preserving() -> None:
 
 
 def test_inverse_weight_cache_follows_updates() -> None:
-    layer = InvConv1x1LU(4)
+    layer = InvConv1x1LU(4).eval()
     with torch.no_grad():
         first = layer.inverse_weight().clone()
         assert layer.inverse_weight() is layer.inverse_weight()  # cached
@@ -261,6 +270,25 @@ def test_inverse_weight_cache_follows_updates() -> None:
         second = layer.inverse_weight()
     assert not torch.allclose(first, second)
     torch.testing.assert_close(second @ layer.weight().detach(), torch.eye(4), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("factory", [InvConv1x1, InvConv1x1LU])
+def test_inverse_weight_cache_is_never_stale_across_modes(
+    factory: Callable[[int], Transform],
+) -> None:
+    layer = factory(4).eval()
+    x = torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        layer.inverse(layer(x)[0])  # fills the cache
+        layer.train()
+        for p in layer.parameters():
+            p.data.mul_(1.1)  # a write that bumps no version counter
+        layer.eval()
+        torch.testing.assert_close(layer.inverse(layer(x)[0])[0], x, rtol=0, atol=1e-10)
+        for p in layer.parameters():
+            p.data.mul_(1.1)
+        layer.clear_inverse_cache()
+        torch.testing.assert_close(layer.inverse(layer(x)[0])[0], x, rtol=0, atol=1e-10)
 
 
 # -- squeeze -------------------------------------------------------------------------------

@@ -61,22 +61,22 @@ class ActNorm(Transform):
     def initialize(self, x: Tensor) -> None:
         """Set the parameters from the statistics of ``x``: zero mean, std ``scale`` per channel."""
         dims = [0, *range(2, x.dim())]
-        count = x.new_tensor(float(x.numel() // x.shape[1]))
-        total = x.sum(dims)
-        total_sq = (x * x).sum(dims)
-        if dist.is_available() and dist.is_initialized():
-            # Mean of the whole global batch, not of one rank's shard.
-            stats = torch.cat([count.view(1), total, total_sq])
+        distributed = dist.is_available() and dist.is_initialized()
+        # Two passes (the mean, then the centred squares) in float64: E[x^2] - E[x]^2 in
+        # float32 loses the variance when |mean| >> std. Under torch.distributed both sums
+        # cover the whole global batch, not one rank's shard.
+        count = torch.full((1,), float(x.numel() // x.shape[1]), device=x.device)
+        stats = torch.cat([count.double(), x.double().sum(dims)])
+        if distributed:
             dist.all_reduce(stats)
-            count, total, total_sq = (
-                stats[0],
-                stats[1 : 1 + self.channels],
-                stats[1 + self.channels :],
-            )
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0)
-        self.loc.copy_(mean)
-        self.log_scale.copy_(torch.log(self.scale / (var.sqrt() + self.eps)))
+        mean = stats[1:] / stats[0]
+        centred = x.double() - mean.view(1, -1, *([1] * (x.dim() - 2)))
+        square = (centred * centred).sum(dims)
+        if distributed:
+            dist.all_reduce(square)
+        std = (square / stats[0]).sqrt()
+        self.loc.copy_(mean.to(self.loc.dtype))
+        self.log_scale.copy_(torch.log(self.scale / (std + self.eps)).to(self.log_scale.dtype))
         self.initialized.fill_(True)
         self._known_initialized = True
 

@@ -27,20 +27,26 @@ def _mix(x: Tensor, weight: Tensor) -> Tensor:
 
 
 class _InverseCache:
-    """Caches the inverse weight for sampling; recomputed only when the parameters change.
+    """Caches the inverse weight for sampling in evaluation mode.
 
-    Parameters bump their ``_version`` counter on every in-place update (optimizer steps,
-    ``load_state_dict``), so comparing versions is an exact staleness test.
+    The cached value is used only without gradients, in evaluation mode, and while every
+    parameter keeps its storage and its ``_version`` counter, which in-place updates bump
+    (optimizer steps, ``load_state_dict``, EMA updates). Switching the layer between
+    training and evaluation mode clears it. Writes through ``param.data`` bump no counter:
+    after such a write in evaluation mode call ``clear_inverse_cache()``.
     """
 
     def __init__(self) -> None:
         self.key: tuple | None = None
         self.value: Tensor | None = None
 
-    def get(self, params: list[Tensor], compute) -> Tensor:  # type: ignore[no-untyped-def]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+    def clear(self) -> None:
+        self.key, self.value = None, None
+
+    def get(self, params: list[Tensor], compute, training: bool) -> Tensor:  # type: ignore[no-untyped-def]
+        if training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return compute()
-        key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
+        key = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if key != self.key or self.value is None:
             self.value = compute()
             self.key = key
@@ -75,7 +81,17 @@ class InvConv1x1(Transform):
         return spatial_size(x) * torch.linalg.slogdet(self.weight).logabsdet
 
     def inverse_weight(self) -> Tensor:
-        return self._inverse_cache.get([self.weight], lambda: torch.linalg.inv(self.weight))
+        return self._inverse_cache.get(
+            [self.weight], lambda: torch.linalg.inv(self.weight), self.training
+        )
+
+    def clear_inverse_cache(self) -> None:
+        """Forget the cached inverse (needed only after writing the weight through ``.data``)."""
+        self._inverse_cache.clear()
+
+    def train(self, mode: bool = True) -> InvConv1x1:
+        self._inverse_cache.clear()
+        return super().train(mode)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_channels(x, self.channels, "InvConv1x1")
@@ -142,7 +158,16 @@ class InvConv1x1LU(Transform):
         return upper_inv @ lower_inv @ self.perm.T
 
     def inverse_weight(self) -> Tensor:
-        return self._inverse_cache.get([self.lower, self.upper, self.log_s], self._compute_inverse)
+        params = [self.lower, self.upper, self.log_s]
+        return self._inverse_cache.get(params, self._compute_inverse, self.training)
+
+    def clear_inverse_cache(self) -> None:
+        """Forget the cached inverse (needed only after writing weights through ``.data``)."""
+        self._inverse_cache.clear()
+
+    def train(self, mode: bool = True) -> InvConv1x1LU:
+        self._inverse_cache.clear()
+        return super().train(mode)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_channels(x, self.channels, "InvConv1x1LU")
