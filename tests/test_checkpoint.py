@@ -22,12 +22,17 @@ def _model(hidden: int = 8) -> glowlab.Glow:
     return model
 
 
+def _weights_file(manifest: Path) -> Path:
+    return manifest.parent / json.loads(manifest.read_text())["weights"]["file"]
+
+
 def test_save_load_round_trip(tmp_path: Path) -> None:
     model = _model()
     path = glowlab.save(model, tmp_path / "model")
     assert path == tmp_path / "model.json"
+    assert _weights_file(path).name.startswith("model-")
     x = torch.rand(4, 1, 8, 8) - 0.5
-    for source in (path, tmp_path / "model.safetensors", tmp_path / "model"):
+    for source in (path, _weights_file(path), tmp_path / "model"):
         loaded = glowlab.load(source)
         assert isinstance(loaded, glowlab.Glow) and not loaded.training
         assert torch.equal(loaded.log_prob(x), model.eval().log_prob(x))
@@ -91,23 +96,75 @@ def test_crash_before_the_manifest_is_replaced_keeps_the_old_checkpoint(
         _write_tagged(tmp_path, _model(), "00000002")
     monkeypatch.undo()
     checkpoint = read_checkpoint(path, with_state=True)  # sizes and hashes still match
-    assert checkpoint.manifest["weights"]["file"] == "last-00000001.safetensors"
+    assert checkpoint.manifest["weights"]["file"].startswith("last-00000001-")
     assert torch.equal(checkpoint.state["x"], torch.ones(3))
     assert checkpoint.weights.keys() == old.state_dict().keys()
     for key, value in old.state_dict().items():
         assert torch.equal(checkpoint.weights[key], value)
     # The next successful write removes the orphaned files of the failed one.
     _write_tagged(tmp_path, old, "00000003")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "last-00000003.safetensors",
-        "last-00000003.state.pt",
-        "last.json",
-    ]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 3 and names[2] == "last.json"
+    assert names[0].startswith("last-00000003-") and names[0].endswith(".safetensors")
+    assert names[1] == names[0].replace(".safetensors", ".state.pt")
+
+
+@pytest.mark.parametrize("how", ["same tag", "save to the same stem"])
+def test_crash_while_rewriting_a_checkpoint_keeps_the_old_one(
+    tmp_path: Path, monkeypatch, how: str
+) -> None:
+    """Rewriting never replaces the files the current manifest lists (``best`` at the same
+    step after a rollback, or ``save`` to the same stem)."""
+
+    def write(model: torch.nn.Module) -> Path:
+        if how == "same tag":
+            return _write_tagged(tmp_path, model, "00000004")
+        return glowlab.save(model, tmp_path / "last")
+
+    old = _model()
+    path = write(old)
+    real_replace = ckpt.os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        write(_model())
+    monkeypatch.undo()
+    loaded = read_checkpoint(path, with_state=how == "same tag")  # sizes and hashes match
+    for key, value in old.state_dict().items():
+        assert torch.equal(loaded.weights[key], value)
+    new = _model()
+    write(new)  # a successful rewrite leaves only its own files
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == (3 if how == "same tag" else 2)
+    for key, value in new.state_dict().items():
+        assert torch.equal(read_checkpoint(path).weights[key], value)
+
+
+def test_checkpoints_with_the_old_file_names_still_load(tmp_path: Path) -> None:
+    """Manifests name their files: ``STEM.safetensors`` from earlier versions still loads."""
+    model = _model()
+    path = glowlab.save(model, tmp_path / "m")
+    weights = _weights_file(path)
+    weights.rename(tmp_path / "m.safetensors")
+    manifest = json.loads(path.read_text())
+    manifest["weights"]["file"] = "m.safetensors"
+    path.write_text(json.dumps(manifest))
+    x = torch.rand(4, 1, 8, 8) - 0.5
+    for source in (path, tmp_path / "m.safetensors", tmp_path / "m"):
+        assert torch.equal(glowlab.load(source).log_prob(x), model.eval().log_prob(x))
+    glowlab.save(model, tmp_path / "m")  # a rewrite replaces the old file by a new name
+    assert not (tmp_path / "m.safetensors").exists()
+    assert len(list(tmp_path.glob("m-*.safetensors"))) == 1
 
 
 def test_truncated_files_give_clear_errors(tmp_path: Path) -> None:
     path = glowlab.save(_model(), tmp_path / "m")
-    weights = tmp_path / "m.safetensors"
+    weights = _weights_file(path)
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -122,7 +179,7 @@ def test_truncated_files_give_clear_errors(tmp_path: Path) -> None:
 
 def test_flipped_byte_is_detected(tmp_path: Path) -> None:
     path = glowlab.save(_model(), tmp_path / "m")
-    weights = tmp_path / "m.safetensors"
+    weights = _weights_file(path)
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF
     weights.write_bytes(bytes(data))

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import glowlab
 from glowlab import cli
+from glowlab.checkpoint import CheckpointError
 from glowlab.config import (
     PRESETS,
     TrainConfig,
@@ -28,7 +31,8 @@ from glowlab.config import (
 )
 from glowlab.errors import UsageError
 from glowlab.runlog import read_log
-from glowlab.train import Trainer, TrainingError
+from glowlab.train import EvalResult, Trainer, TrainingError, _rng_state, _set_rng_state
+from glowlab.transforms import BatchNormFlow
 
 TINY = [
     "model.levels=2",
@@ -106,6 +110,7 @@ def test_overrides_reach_every_section() -> None:
         ("nonsense=1", "unknown config field 'nonsense'"),
         ("train.steps", "must look like NAME=VALUE"),
         ("data.n_bits=9", "data.n_bits must be an integer from 1 to 8"),
+        ("train.sample_temperatures=[]", "train.sample_temperatures must be a non-empty list"),
         ("model.name=nice", None),
     ],
 )
@@ -124,6 +129,31 @@ def test_config_file_round_trip(tmp_path: Path) -> None:
     (tmp_path / "partial.json").write_text('{"preset": "glow-mnist", "train": {"steps": 5}}')
     partial = load_config(tmp_path / "partial.json")
     assert partial.train.steps == 5 and partial.model == get_preset("glow-mnist").model
+
+
+def test_an_unusable_run_folder_fails_before_the_data_is_loaded(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import glowlab.data
+
+    loaded: list[str] = []
+    get_dataset = glowlab.data.get_dataset
+
+    def counted(name, *args, **kwargs):
+        loaded.append(name)
+        return get_dataset(name, *args, **kwargs)
+
+    monkeypatch.setattr(glowlab.data, "get_dataset", counted)
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"  # below a file: it cannot be created
+    with pytest.raises(OSError, match="cannot write the run folder"):
+        Trainer(_digits(), out)
+    assert loaded == []
+    capsys.readouterr()
+    assert cli.main(["train", "--preset", "glow-digits", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the run folder" in err
+    assert loaded == []
 
 
 def test_data_order_depends_only_on_seed_and_epoch(tmp_path: Path) -> None:
@@ -247,15 +277,113 @@ def test_resume_after_sigkill_reproduces_the_losses(tmp_path: Path) -> None:
     assert any(m.startswith("resumed from") and f"step {stopped_at}" in m for m in events)
 
 
-def test_resume_refuses_another_model(tmp_path: Path) -> None:
+def test_resume_refuses_another_model(tmp_path: Path, capsys) -> None:
     torch.set_default_dtype(torch.float32)
     Trainer(_digits("train.steps=1"), tmp_path).fit()
-    with pytest.raises(glowlab.checkpoint.CheckpointError, match=r"config differs.*model"):
+    config_file = (tmp_path / "config.json").read_text()
+    with pytest.raises(CheckpointError, match=r"config differs.*model"):
         Trainer(_digits("model.hidden_channels=8"), tmp_path, resume=True)
+    assert (tmp_path / "config.json").read_text() == config_file  # checked before writing
+    # Another optimizer class would get this one's state and fail at its first step.
+    message = "config differs (optim.name: 'adamax' in the checkpoint, 'adam' now)"
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        Trainer(_digits("optim.name=adam"), tmp_path, resume=True)
+    assert (tmp_path / "config.json").read_text() == config_file
+    capsys.readouterr()
+    resume = ["train", "--out", str(tmp_path), "--resume", "--set", "optim.name=adam"]
+    assert cli.main([*resume, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
     with pytest.raises(ValueError, match="already holds a run"):
         Trainer(_digits(), tmp_path)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         Trainer(_digits(), tmp_path / "empty", resume=True)
+
+
+def test_resume_notes_changes_that_break_exact_resume(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    Trainer(_digits("train.steps=1"), tmp_path).fit()
+    Trainer(_digits("train.batch_size=16", "data.max_train_images=96"), tmp_path, resume=True)
+    events = [r["message"] for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
+    notes = [m for m in events if "not exactly as the uninterrupted run" in m]
+    assert len(notes) == 2
+    assert "train.batch_size: 32 in the checkpoint, 16 now" in notes[0]
+    assert "data.max_train_images: 128 in the checkpoint, 96 now" in notes[1]
+
+
+def test_resumed_ema_follows_the_config(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    Trainer(_digits("train.steps=1"), tmp_path / "ema").fit()  # the preset keeps an EMA
+    off = Trainer(_digits("train.steps=1", "optim.ema_decay=null"), tmp_path / "ema", resume=True)
+    assert off.ema is None and off.eval_model is off.model
+    Trainer(_digits("train.steps=1", "optim.ema_decay=null"), tmp_path / "plain").fit()
+    on = Trainer(_digits("train.steps=1"), tmp_path / "plain", resume=True)
+    assert on.ema is not None and on.eval_model is on.ema
+    for a, b in zip(on.ema.state_dict().values(), on.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the average starts from the restored weights
+    for run, expected in (("ema", "EMA weights are dropped"), ("plain", "has no EMA weights")):
+        events = [r.get("message") for r in read_log(tmp_path / run / "log.jsonl")]
+        assert any(expected in str(m) for m in events), run
+
+
+@pytest.mark.parametrize("failing", ["evaluate", "save_samples"])
+def test_the_final_checkpoint_is_saved_before_evaluation_and_samples(
+    tmp_path: Path, failing: str
+) -> None:
+    torch.set_default_dtype(torch.float32)
+    trainer = Trainer(_digits("train.steps=2"), tmp_path)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    setattr(trainer, failing, fail)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.fit()
+    last = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
+    assert last["train_state"]["step"] == 2  # the end of training is kept
+
+
+def test_resume_keeps_the_best_of_the_final_evaluation(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    result = Trainer(_digits("train.steps=1"), tmp_path).fit()
+    best = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
+    assert best["train_state"]["best_bpd"] == result["test_bpd"]
+    # `last` was written before the final evaluation found that figure.
+    resumed = Trainer(_digits("train.steps=2"), tmp_path, resume=True)
+    assert resumed.state.best_bpd == result["test_bpd"]
+
+
+def test_best_checkpoint_needs_a_finite_figure_and_survives_a_rollback(tmp_path: Path) -> None:
+    torch.set_default_dtype(torch.float32)
+    trainer = Trainer(_digits("train.steps=4"), tmp_path)
+    figures = iter([math.nan, 5.0, math.inf])
+    trainer.evaluate = lambda: EvalResult(next(figures), 0.0, 0.0, 0.0, 1, 1)  # type: ignore[method-assign]
+    best = tmp_path / "checkpoints" / "best.json"
+    trainer._evaluate_and_log(final=False)
+    assert trainer.state.best_bpd is None and not best.is_file()
+    trainer._evaluate_and_log(final=False)
+    assert trainer.state.best_bpd == 5.0 and best.is_file()
+    trainer._evaluate_and_log(final=False)
+    assert trainer.state.best_bpd == 5.0
+    # `last` (step 0) was written before `best`: a rollback must not forget it.
+    trainer._rollback(failures=2)
+    assert trainer.state.rollbacks == 1 and trainer.state.best_bpd == 5.0
+
+
+def test_cuda_rng_states_restore_on_the_devices_there_are(monkeypatch) -> None:
+    generator = torch.Generator()
+    state = _rng_state(generator)
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]  # 4 GPUs
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    restored: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _set_rng_state(state, generator)  # CPU only: the CUDA states are not needed
+    assert restored == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _set_rng_state(state, generator)
+    assert len(restored) == 1 and [int(s[0]) for s in restored[0]] == [0, 1]
 
 
 # -- the non-finite guard -------------------------------------------------------------------------
@@ -286,8 +414,37 @@ def test_a_non_finite_step_is_rejected_without_an_update(tmp_path: Path) -> None
     for p, q in zip(trainer.model.parameters(), before, strict=True):
         assert torch.equal(p, q)
     assert not trainer.optimizer.state  # the optimizer never stepped
+    assert trainer._running_stats == []  # Glow: nothing to save around a step
     trainer.train_step()
     assert trainer.state.step == 1 and trainer.optimizer.state
+
+
+def test_a_rejected_step_keeps_the_batch_norm_statistics(tmp_path: Path) -> None:
+    """Training-mode batch norm updates its running statistics in the forward pass, before
+    the step is found non-finite: they are put back, or eval and the EMA would turn NaN."""
+    torch.set_default_dtype(torch.float32)
+    realnvp = ["model.name=realnvp", "model.levels=2", "model.hidden_channels=8"]
+    trainer = Trainer(_digits(*realnvp, "model.res_blocks=1", "train.steps=3"), tmp_path)
+    norms = [m for m in trainer.model.modules() if isinstance(m, BatchNormFlow | nn.BatchNorm2d)]
+    assert {type(m) for m in norms} == {BatchNormFlow, nn.BatchNorm2d}
+    stats = [b for m in norms for b in m.buffers(recurse=False)]
+    trainer.train_step()
+    before = [b.clone() for b in stats]
+    next_batch = trainer._next_batch
+
+    def non_finite_batch():
+        x, y = next_batch()
+        x = x.clone()
+        x[0, 0, 0, 0] = math.nan
+        return x, y
+
+    trainer._next_batch = non_finite_batch  # type: ignore[method-assign]
+    assert trainer.train_step() is None
+    for buffer, saved in zip(stats, before, strict=True):
+        assert torch.equal(buffer, saved)
+    trainer._next_batch = next_batch  # type: ignore[method-assign]
+    assert trainer.train_step() is not None  # the EMA copies the statistics
+    assert math.isfinite(trainer.evaluate().bpd)
 
 
 def test_repeated_failures_roll_back_with_a_lower_learning_rate(tmp_path: Path) -> None:

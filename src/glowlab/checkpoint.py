@@ -12,11 +12,13 @@ belong to it, each with its size and SHA-256:
   Python), loaded with ``weights_only=True``.
 
 The manifest also holds the full training config and the training progress (step, epoch,
-position in the epoch's data order, learning-rate scale). A training checkpoint's data files
-carry the step in their names and the manifest is written last: every file goes to a
-temporary name in the same folder, is flushed with ``fsync`` and renamed over its target
-with ``os.replace``, so a crash at any point leaves the previous manifest and the files it
-lists intact.
+position in the epoch's data order, learning-rate scale). Every write gives the data files
+new names (a training checkpoint's carry the step, and all of them a random suffix), so
+rewriting a checkpoint never touches the files its current manifest lists. The manifest is
+written last: every file goes to a temporary name in the same folder, is flushed with
+``fsync`` and renamed to its target with ``os.replace``, and the files of the previous
+version are deleted only once the new manifest is in place, so a crash at any point leaves
+the previous manifest and the files it lists intact.
 
 Example:
     >>> import tempfile, glowlab
@@ -32,6 +34,8 @@ import datetime
 import hashlib
 import json
 import os
+import re
+import secrets
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +64,7 @@ __all__ = [
 FORMAT = "glowlab-checkpoint"
 VERSION = 1
 EMA_PREFIX = "ema/"
+_DATA_SUFFIXES = (".safetensors", ".state.pt")
 
 PathLike = str | os.PathLike[str]
 
@@ -216,13 +221,17 @@ def write_checkpoint(
 ) -> Path:
     """Write a checkpoint and return its manifest path (``path`` with a ``.json`` suffix).
 
-    With ``tag`` the data files are ``STEM-TAG.safetensors`` (and ``STEM-TAG.state.pt``)
-    and files of earlier versions of this checkpoint are deleted once the new manifest is
-    in place; without it they are ``STEM.safetensors`` and ``STEM.state.pt``.
+    The data files are ``STEM-TAG-XXXXXXXX.safetensors`` (and ``.state.pt``), or
+    ``STEM-XXXXXXXX...`` without ``tag``, with a random suffix that is new on every write:
+    rewriting a checkpoint (the same step under the same tag, or :func:`save` to the same
+    stem) never replaces a file that the current manifest lists. The files the previous
+    manifest listed are deleted once the new manifest is in place; with ``tag``, so are
+    other data files of this checkpoint left behind by an interrupted write.
     """
     stem = _stem(path)
     manifest_path = stem.with_name(stem.name + ".json")
-    base = stem.with_name(f"{stem.name}-{tag}" if tag else stem.name)
+    previous = _listed_files(manifest_path)
+    base = _unique_base(stem, tag)
     model_info = {"name": model.name, "config": _jsonable(model.config)}
     tensors = _tensors(model)
     if ema is not None:
@@ -249,25 +258,64 @@ def write_checkpoint(
         manifest["state"] = _file_entry(state_path)
     text = json.dumps(manifest, indent=2) + "\n"
     atomic_write(manifest_path, lambda p: p.write_text(text))
-    if tag:
-        _remove_stale(stem, {weights_path.name, (manifest.get("state") or {}).get("file")})
+    keep = {weights_path.name, (manifest.get("state") or {}).get("file")}
+    for name in previous - keep:
+        (stem.parent / name).unlink(missing_ok=True)
+    _remove_stale(stem, keep, tagged=bool(tag))
     return manifest_path
 
 
-def _remove_stale(stem: Path, keep: set[Any]) -> None:
-    """Delete data files of older versions of checkpoint ``stem`` and leftover temporaries."""
-    for candidate in stem.parent.glob(f"{stem.name}-*"):
-        if candidate.name not in keep and candidate.name.endswith((".safetensors", ".state.pt")):
+def _unique_base(stem: Path, tag: str | None) -> Path:
+    """``STEM-TAG-XXXXXXXX`` (or ``STEM-XXXXXXXX``): a name no existing data file has."""
+    prefix = f"{stem.name}-{tag}" if tag else stem.name
+    while True:
+        base = stem.with_name(f"{prefix}-{secrets.token_hex(4)}")
+        if not any(base.with_name(base.name + s).exists() for s in _DATA_SUFFIXES):
+            return base
+
+
+def _listed_files(manifest_path: Path) -> set[str]:
+    """The data files that the glowlab manifest at ``manifest_path`` lists (none if unreadable)."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return set()
+    names = set()
+    for key in ("weights", "state"):
+        entry = manifest.get(key)
+        name = entry.get("file") if isinstance(entry, dict) else None
+        # Only plain names of files beside the manifest: never follow a path elsewhere.
+        if isinstance(name, str) and name == Path(name).name and name.endswith(_DATA_SUFFIXES):
+            names.add(name)
+    return names
+
+
+def _remove_stale(stem: Path, keep: set[Any], tagged: bool) -> None:
+    """Delete data files of interrupted writes of checkpoint ``stem`` and leftover temporaries.
+
+    A training checkpoint (``tagged``) owns every ``STEM-*`` data file in its folder. A bare
+    :func:`save` goes to a folder of the user's: it removes only names it writes itself,
+    ``STEM-XXXXXXXX.*``, so that the files of a checkpoint ``STEM-small`` beside it stay.
+    """
+    name = re.escape(stem.name)
+    data = rf"{name}-.+" if tagged else rf"{name}-[0-9a-f]{{8}}"
+    data += r"\.(safetensors|state\.pt)"
+    temporary = rf"\.{name}.*" if tagged else rf"\.(?:{name}\.json|{data})\.[^.]+"
+    pattern = re.compile(rf"(?:{data})|(?:{temporary}\.tmp)")
+    for candidate in stem.parent.iterdir():
+        if candidate.name not in keep and pattern.fullmatch(candidate.name):
             candidate.unlink(missing_ok=True)
-    for candidate in stem.parent.glob(f".{stem.name}*.tmp"):
-        candidate.unlink(missing_ok=True)
 
 
 def save(model: FlowModel, path: PathLike) -> Path:
-    """Save a bare model as ``STEM.safetensors`` plus ``STEM.json``; returns the JSON path.
+    """Save a bare model as ``STEM.json`` plus the weights it names; returns the JSON path.
 
-    ``path`` may end in ``.json``, ``.safetensors`` or neither. :func:`load` rebuilds the
-    model from either file with no other arguments.
+    The weights file is ``STEM-XXXXXXXX.safetensors`` (a new random suffix on every save, see
+    :func:`write_checkpoint`). ``path`` may end in ``.json``, ``.safetensors`` or neither.
+    :func:`load` rebuilds the model from the manifest (or ``STEM``) or from the weights file
+    alone, with no other arguments.
     """
     if not isinstance(model, FlowModel):
         raise TypeError(f"save expects a glowlab FlowModel, got {type(model).__name__}")

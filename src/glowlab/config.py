@@ -577,6 +577,11 @@ def _validate(config: Any, prefix: str) -> None:
             ),
             ("rollback_lr_factor", 0 < config.rollback_lr_factor < 1, "in (0, 1)"),
             ("max_rollbacks", config.max_rollbacks >= 0, ">= 0"),
+            (
+                "sample_temperatures",
+                len(config.sample_temperatures) > 0,
+                "a non-empty list (one grid row per temperature, e.g. [0.7, 1.0])",
+            ),
             ("sample_temperatures", all(t >= 0 for t in config.sample_temperatures), ">= 0"),
             ("compile_backend", bool(config.compile_backend.strip()), "a backend name"),
         ]

@@ -16,8 +16,9 @@ log 2)``; see :func:`glowlab.metrics.bits_per_dim_from_log_prob`. A class-condit
 adds ``class_weight * cross_entropy`` (nats) to the objective (Glow's ``ycond``).
 
 Robustness: a step whose loss or gradient norm is not finite is rejected (the optimizer does
-not step) and logged; after ``nan_patience`` rejections in a row the run rolls back to its
-last checkpoint with the learning rate scaled by ``rollback_lr_factor``, and after
+not step, and the running statistics that batch normalization updated in its forward pass
+are put back) and logged; after ``nan_patience`` rejections in a row the run rolls back to
+its last checkpoint with the learning rate scaled by ``rollback_lr_factor``, and after
 ``max_rollbacks`` rollbacks it stops with :class:`TrainingError`. Checking finiteness is the
 one host synchronisation per step; everything else is read back only at log intervals.
 
@@ -52,11 +53,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import os
 import random
 import sys
-import tempfile  # noqa: F401 - used by the docstring example
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._optional import require
 from .checkpoint import (
@@ -89,6 +92,7 @@ from .metrics import dequantize, quantize
 from .models import FlowModel
 from .runlog import RunLog
 from .speed import autocast, channels_last_input, compile_flow_steps, set_tf32, to_channels_last
+from .transforms.normalization import BatchNormFlow
 
 __all__ = ["EvalResult", "TrainState", "Trainer", "TrainingError", "resolve_device"]
 
@@ -146,7 +150,8 @@ class Trainer:
     ``out_dir`` receives ``config.json`` (the resolved config), ``log.jsonl``,
     ``checkpoints/`` (``last`` and ``best``), ``samples/`` and, when TensorBoard is
     installed, ``tensorboard/``. With ``resume=True`` the run continues from
-    ``checkpoints/last.json``; its model section must match ``config``.
+    ``checkpoints/last.json``; its model section, dataset and optimizer must match
+    ``config``, and the EMA weights follow ``config.optim.ema_decay``.
     """
 
     def __init__(
@@ -175,6 +180,8 @@ class Trainer:
                 f"train.batch_size={config.train.batch_size} is the batch over all "
                 f"{self.ctx.world_size} processes and must be a multiple of their number"
             )
+        if self.ctx.is_main:  # an unusable run folder fails now, not after loading the data
+            _check_writable_folder(self.out_dir)
         barrier()  # every process has looked at the run folder before rank 0 writes to it
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[config.train.dtype]
         self.state = TrainState()
@@ -210,6 +217,16 @@ class Trainer:
         self.model.set_memory_mode(config.train.memory_mode)
         if config.train.channels_last:
             to_channels_last(self.model)
+        # The buffers that a training-mode forward pass updates (batch normalization's
+        # running statistics): saved before each step and put back when it is rejected.
+        # Only these, not every buffer: copying Glow's many constant ones each step would
+        # cost a kernel launch apiece.
+        self._running_stats = [
+            buffer
+            for module in self.model.modules()
+            if isinstance(module, BatchNormFlow | _BatchNorm)
+            for buffer in module.buffers(recurse=False)
+        ]
         self.ema: FlowModel | None = None  # created after the ActNorm init
         if self.device.type == "cuda":
             set_tf32(config.train.precision == "tf32")  # fp32 means no TF32 anywhere
@@ -226,15 +243,22 @@ class Trainer:
             self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
         )
 
-        # -- logging and restore -------------------------------------------------------
+        # -- restore and logging -------------------------------------------------------
+        notes: list[str] = []
+        if resume:  # before writing anything: a checkpoint that does not match leaves OUT as is
+            notes = self._restore(last, check_config=True)
+            # The final `last` of a finished run is written before its final evaluation,
+            # which may have improved `best` since.
+            saved_best = _saved_best_bpd(self.checkpoint_dir / "best.json")
+            self.state.best_bpd = _lowest(self.state.best_bpd, saved_best)
         self.log: RunLog | _SilentLog = _SilentLog()
         if self.ctx.is_main:  # one process writes the run folder
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.out_dir / "config.json")
             tb = str(self.out_dir / "tensorboard") if config.train.tensorboard else None
             self.log = RunLog(self.out_dir / "log.jsonl", tensorboard_dir=tb)
         if resume:
-            self._restore(last, check_config=True)
+            for note in notes:
+                self.log.event(self.state.step, note)
             self.log.event(self.state.step, f"resumed from {last} at step {self.state.step}")
         else:
             self._initialize()
@@ -383,6 +407,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.state.step)
         self.model.train()
+        saved_stats = [b.clone() for b in self._running_stats] if self._running_stats else None
         terms = self.loss_terms(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -403,6 +428,10 @@ class Trainer:
             finite = packed[-1] == 1
         if not bool(finite):
             self.optimizer.zero_grad(set_to_none=True)
+            if saved_stats is not None:  # the forward pass already moved them towards NaN
+                with torch.no_grad():
+                    for buffer, saved in zip(self._running_stats, saved_stats, strict=True):
+                        buffer.copy_(saved)
             return None
         self.optimizer.step()
         self.state.step += 1
@@ -471,9 +500,10 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        # `last` first: an evaluation or a sample grid that fails must not lose the training.
+        checkpoint = self.save_checkpoint("last")
         result = self._evaluate_and_log(final=True)
         grid = self.save_samples(self.out_dir / "samples" / f"step-{self.state.step:07d}.png")
-        checkpoint = self.save_checkpoint("last")
         self.log.close()
         return {
             "step": self.state.step,
@@ -498,13 +528,17 @@ class Trainer:
         lr_scale = self.state.lr_scale * c.rollback_lr_factor
         rollbacks, rejected = self.state.rollbacks + 1, self.state.rejected
         failed_at = self.state.step
+        best_bpd = self.state.best_bpd  # `best` may have improved since `last` was written
         last = self.checkpoint_dir / "last.json"
-        self._restore(last, check_config=False)
+        notes = self._restore(last, check_config=False)
         self.state.lr_scale, self.state.rollbacks, self.state.rejected = (
             lr_scale,
             rollbacks,
             rejected,
         )
+        self.state.best_bpd = _lowest(best_bpd, self.state.best_bpd)
+        for note in notes:
+            self.log.event(self.state.step, note)
         self.log.event(
             self.state.step,
             f"rolled back from step {failed_at} to the checkpoint at step {self.state.step} after "
@@ -554,7 +588,14 @@ class Trainer:
                 bar.write(line, file=sys.stderr)
             else:
                 print(line, file=sys.stderr)
-        if self.config.train.keep_best and (
+        if not math.isfinite(result.bpd):
+            self.log.event(
+                self.state.step,
+                f"test bits/dim is {result.bpd} at step {self.state.step}: not finite, so "
+                "never the best checkpoint",
+                nonfinite_eval=True,
+            )
+        elif self.config.train.keep_best and (
             self.state.best_bpd is None or result.bpd < self.state.best_bpd
         ):
             self.state.best_bpd = result.bpd
@@ -602,34 +643,74 @@ class Trainer:
         barrier()
         return path
 
-    def _restore(self, path: Path, check_config: bool) -> None:
+    def _restore(self, path: Path, check_config: bool) -> list[str]:
+        """Load the checkpoint ``path`` into the trainer; returns notes for the log.
+
+        With ``check_config`` (a resume) it first refuses a checkpoint of another model,
+        dataset or optimizer, and notes the changed fields that make the resume inexact.
+        The EMA weights follow ``optim.ema_decay``, whatever the checkpoint holds.
+        """
         checkpoint = read_checkpoint(path, map_location=self.device, with_state=True)
-        saved = checkpoint.manifest.get("train_config") or {}
+        notes = []
         if check_config:
-            mine = self.config.to_dict()
-            for section in ("model", "data"):
-                keys = ("model",) if section == "model" else ("name", "image_size", "n_bits")
-                old, new = saved.get(section, {}), mine[section]
-                diffs = [
-                    f"{section}.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
-                    for k in (new if section == "model" else keys)
-                    if old.get(k) != new.get(k)
-                ]
-                if diffs:
-                    raise CheckpointError(f"cannot resume {path}: config differs ({diffs[0]})")
+            notes += self._compare_config(checkpoint.manifest.get("train_config") or {}, path)
         load_weights(self.model, checkpoint.weights, path)
-        if checkpoint.ema is not None:
+        ema_decay = self.config.optim.ema_decay
+        if ema_decay is None:
+            if checkpoint.ema is not None:
+                notes.append(
+                    "optim.ema_decay is null: the checkpoint's EMA weights are dropped; "
+                    "evaluation and samples use the trained weights"
+                )
+            self.ema = None
+        else:
             if self.ema is None:
                 self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-            load_weights(self.ema, checkpoint.ema, path)
+            if checkpoint.ema is None:
+                notes.append(
+                    f"optim.ema_decay={ema_decay}: the checkpoint has no EMA weights; the "
+                    "average starts from the restored weights"
+                )
+            ema_weights = checkpoint.ema if checkpoint.ema is not None else checkpoint.weights
+            load_weights(self.ema, ema_weights, path)
         assert checkpoint.state is not None
         try:
             self.optimizer.load_state_dict(checkpoint.state["optimizer"])
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
             raise CheckpointError(f"cannot restore the optimizer from {path}: {exc}") from None
         _set_rng_state(checkpoint.state["rng"], self.generator)
         self.state = TrainState(**checkpoint.manifest["train_state"])
         self._order = None
+        return notes
+
+    def _compare_config(self, saved: dict[str, Any], path: Path) -> list[str]:
+        """Refuse to resume another model, dataset or optimizer; note changes to the batches.
+
+        A changed ``optim.name`` would load one optimizer class's state into another (which
+        fails only at the first step). A changed batch size, dtype or training-set size
+        still trains, but no longer reproduces the uninterrupted run.
+        """
+        mine = self.config.to_dict()
+
+        def differences(fields: list[str]) -> list[str]:
+            found = []
+            for field in fields:
+                section, key = field.split(".")
+                old, new = (saved.get(section) or {}).get(key), mine[section].get(key)
+                if old != new:
+                    found.append(f"{field}: {old!r} in the checkpoint, {new!r} now")
+            return found
+
+        required = [f"model.{key}" for key in mine["model"]]
+        required += ["data.name", "data.image_size", "data.n_bits", "optim.name"]
+        refused = differences(required)
+        if refused:
+            raise CheckpointError(f"cannot resume {path}: config differs ({refused[0]})")
+        return [
+            f"resuming with {change}: training continues, but not exactly as the "
+            "uninterrupted run would"
+            for change in differences(["train.batch_size", "train.dtype", "data.max_train_images"])
+        ]
 
 
 # -- evaluation and sampling (also used by the eval and sample commands) --------------------
@@ -815,7 +896,10 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        # Saved with more GPUs than this process sees: the visible ones get their states
+        # (without CUDA the saved states are not needed at all).
+        visible = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in visible])
     try:
         generator.set_state(state["generator"].cpu())
     except RuntimeError:  # saved on another kind of device: continue with a fresh stream
@@ -825,6 +909,32 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state(numpy_state)  # noqa: NPY002
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(f"cannot write the run folder {folder}: {reason}") from None
+
+
+def _saved_best_bpd(manifest: Path) -> float | None:
+    """The best test bits/dim that a checkpoint manifest records (None when unreadable)."""
+    try:
+        value = json.loads(manifest.read_text())["train_state"]["best_bpd"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _lowest(*values: float | None) -> float | None:
+    """The lowest finite value, or None when there is none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return min(finite) if finite else None
 
 
 def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
