@@ -251,7 +251,8 @@ PRESETS: dict[str, TrainConfig] = {
         data=DataConfig(name="cifar10", n_bits=8, random_flip=True),
         model=ModelConfig(
             name="realnvp",
-            options=dict(levels=3, hidden_channels=64, res_blocks=8, batch_norm=True),
+            # One downscaling (two scales) for CIFAR-10, as in the paper's section 4.1.
+            options=dict(levels=2, hidden_channels=64, res_blocks=8, batch_norm=True),
         ),
         optim=OptimConfig(
             name="adam", lr=1e-3, weight_decay=5e-5, warmup_steps=200, ema_decay=0.999
