@@ -217,3 +217,17 @@ def test_load_onto_cuda(tmp_path: Path) -> None:
     assert next(model.parameters()).is_cuda
     x = torch.rand(2, 1, 8, 8, device="cuda") - 0.5
     assert torch.isfinite(model.log_prob(x)).all()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path) -> None:
+    import os
+
+    from glowlab.images import save_png
+
+    model = glowlab.Glow((1, 4, 4), levels=1, steps=1, hidden_channels=4)
+    manifest = glowlab.save(model, tmp_path / "m")
+    png = save_png(tmp_path / "p.png", torch.zeros(1, 2, 2, dtype=torch.uint8))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [manifest, png, *tmp_path.glob("m-*.safetensors")]:
+        assert (path.stat().st_mode & 0o777) == 0o666 & ~umask, path

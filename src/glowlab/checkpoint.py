@@ -45,6 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._files import make_readable
 from ._optional import require
 from .errors import GlowlabError
 from .models import FlowModel, build_model
@@ -152,6 +153,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        make_readable(tmp)  # after write(): a writer may replace the file it was given
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

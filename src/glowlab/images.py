@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._files import make_readable
+
 __all__ = ["make_grid", "save_png"]
 
 
@@ -67,6 +69,7 @@ def save_png(path: str | os.PathLike, image: Tensor | np.ndarray) -> Path:
         raise IsADirectoryError(f"{path} is a folder; give a file name for the PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_readable(fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -52,7 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attributes", metavar="CSV", help="binary attribute table (CelebA list_attr or CSV)"
     )
     parser.add_argument("--attribute", help="attribute name in the table (e.g. Smiling)")
-    parser.add_argument("--max-images", type=int, default=2000, help="labelled images used at most")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=2000,
+        help="labelled images used at most on each side (with and without the attribute)",
+    )
     parser.add_argument(
         "--save-direction", metavar="FILE", help="write the direction (.safetensors or .pt)"
     )

@@ -20,6 +20,7 @@ from urllib.request import urlopen
 
 import numpy as np
 
+from .._files import make_readable
 from .base import ChecksumError, DatasetNotFoundError
 
 __all__ = ["RemoteFile", "download_url", "md5sum", "resolve_files"]
@@ -89,6 +90,7 @@ def download_url(
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{destination.name}.", suffix=".part", dir=destination.parent
         )
+        make_readable(fd)
         tmp = Path(tmp_name)
         try:
             digest = hashlib.md5(usedforsecurity=False)
@@ -203,6 +205,7 @@ def save_npz_atomic(path: Path, **arrays: object) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    make_readable(fd)
     try:
         with os.fdopen(fd, "wb") as out:
             np.savez_compressed(out, **arrays)
