@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from glowlab.distributed import (
     wrap_model,
 )
 from glowlab.transforms import ActNorm
+from ranks import free_port, set_rank_env
 
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -68,13 +67,7 @@ def _train(ctx: DistributedContext, mode: str) -> dict[str, object]:
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
+    set_rank_env(rank, world_size, port)
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     ctx = setup_distributed(device="cpu")
@@ -88,18 +81,12 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with the gloo backend is not available")
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True)
     return torch.load(out_dir / "results.pt")  # type: ignore[no-any-return]
 
 

@@ -9,8 +9,6 @@ run's, only rank 0 may write files, and the resumed run must continue the same l
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from glowlab.models import FlowModel
 from glowlab.runlog import read_log
 from glowlab.train import Trainer
 from glowlab.transforms import ActNorm
+from ranks import free_port, set_rank_env
 
 SETTINGS = [
     "model.levels=2",
@@ -85,13 +84,7 @@ def _count_checkpoint_writes(calls: list[str]) -> None:
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
+    set_rank_env(rank, world_size, port)
     torch.set_num_threads(1)
     calls: list[str] = []
     _count_checkpoint_writes(calls)
@@ -118,12 +111,6 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _train_losses(log: Path) -> dict[int, float]:
     losses: dict[int, float] = {}
     for record in read_log(log):
@@ -137,7 +124,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with the gloo backend is not available")
     out_dir = tmp_path_factory.mktemp("ddp-trainer")
-    mp.spawn(_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True)
     return out_dir
 
 

@@ -65,6 +65,10 @@ def _field(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+#: The temperatures of the Glow paper's sample grids (one row each).
+PAPER_TEMPERATURES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which images to train on and how they are turned into model inputs."""
@@ -144,7 +148,7 @@ class LoopConfig:
     eval_draws: int = _field(1, "dequantization draws averaged per test evaluation")
     sample_every: int = _field(1000, "steps between sample grids (0: only at the end)")
     sample_temperatures: tuple[float, ...] = _field(
-        (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), "temperatures of the sample grids, one row each"
+        PAPER_TEMPERATURES, "temperatures of the sample grids, one row each"
     )
     samples_per_row: int = _field(8, "samples per temperature in a grid")
     checkpoint_every: int = _field(500, "steps between checkpoints (the last is always saved)")

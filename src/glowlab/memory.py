@@ -11,12 +11,12 @@ memory-saving modes.
     re-run with gradients enabled to get its local vector-Jacobian product (for the gradient
     of both its output and its log-determinant). Activation memory is therefore that of one
     layer plus one output per level, whatever the number of steps ``K``. The price is one
-    more evaluation of each layer in the backward pass: a coupling's kept half is the same
-    in its input and output, so one evaluation of its network, with gradients, both
-    inverts the layer and rebuilds its graph (:meth:`~glowlab.transforms.Coupling.rebuild`);
-    other layers are inverted and re-run. Measured on a shared 2-core CPU for a small Glow
-    (L=2, K=8, width 64, batch 32): about 1.45 times the step time of standard backprop,
-    down from about 1.55 when the coupling network was evaluated twice.
+    more evaluation of each layer in the backward pass, through ``layer.rebuild``: by
+    default an inverse and a forward (:meth:`~glowlab.transforms.Transform.rebuild`), but
+    for a coupling, whose kept half is the same in input and output, one evaluation of its
+    network with gradients both inverts the layer and rebuilds its graph
+    (:meth:`~glowlab.transforms.Coupling.rebuild`). ``docs/benchmarks.md`` has the
+    measured step times.
 
     * **Exactness.** The gradients equal standard backprop up to the error of the
       reconstruction ``inverse(forward(x))``: about ``1e-15`` relative in float64 (the tests
@@ -67,7 +67,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .transforms.actnorm import ActNorm
 from .transforms.base import FlowSequential, zero_logdet
-from .transforms.coupling import Coupling, Rebuilt
 from .transforms.normalization import BatchNormFlow
 
 __all__ = ["run_flow", "saved_activation_bytes"]
@@ -180,7 +179,7 @@ class _InvertibleFlow(torch.autograd.Function):
                 local = [p for p in layer.parameters() if id(p) in index]
                 ctx_in = [context] if want_context else []
                 with torch.enable_grad():
-                    rebuilt = _rebuild(layer, out, context)
+                    rebuilt = layer.rebuild(out, context)
                     z_layer, ld_layer = rebuilt.z, rebuilt.logdet
                     # A constant log-determinant (a permutation, a squeeze) has no graph.
                     pairs = [(z_layer, grad_out), (ld_layer, grad_ld.to(ld_layer.dtype))]
@@ -206,21 +205,6 @@ class _InvertibleFlow(torch.autograd.Function):
                     context_grad = grads[-1] if context_grad is None else context_grad + grads[-1]
                 out = x.detach()
         return (None, grad_out, context_grad, *param_grads)
-
-
-def _rebuild(layer: nn.Module, out: Tensor, context: Tensor | None) -> Rebuilt:
-    """``layer``'s input from its output ``out``, and its forward graph from that input.
-
-    Couplings do both with one evaluation of their network (:meth:`Coupling.rebuild`);
-    any other layer is inverted without gradients and run forward again.
-    """
-    if isinstance(layer, Coupling):
-        return layer.rebuild(out, context)
-    with torch.no_grad():
-        x, _ = layer.inverse(out, context)
-    x = x.detach().requires_grad_(True)
-    z, logdet = layer(x, context)
-    return Rebuilt(x.detach(), (x,), z, logdet, lambda g: g)
 
 
 # -- "checkpoint" ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import PAPER_TEMPERATURES
 from .train import use_help_formatter
 
 HELP = (
@@ -21,7 +22,7 @@ DESCRIPTION = (
     "no network; takes one to two minutes on two CPU cores."
 )
 
-TEMPERATURES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TEMPERATURES = PAPER_TEMPERATURES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from ..data import canonical_name
-from ..imageio import FitMode, fit_images, load_images, load_model
+from ..imageio import FitMode, images_for, load_model
 from ..images import save_png
+from ..models import FlowModel
 from ..ood import SCORES, noise_images, ood_scores
 from ..plot import histogram_figure
 
@@ -67,29 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
-def _images(
-    source: str, model_shape: tuple[int, int, int], args: argparse.Namespace, fit: FitMode
-) -> torch.Tensor:
+def _images(source: str, model: FlowModel, args: argparse.Namespace, fit: FitMode) -> torch.Tensor:
     if source == "noise":
-        return noise_images(args.count, model_shape, torch.Generator().manual_seed(args.seed))
-    images = load_images(source, args.data_dir, args.count).images
-    if fit == "none" and tuple(images.shape[1:]) != model_shape:
-        raise ValueError(
-            f"the images of {source} are {tuple(images.shape[1:])} but the model takes "
-            f"{model_shape}; "
-            "pass --fit pad or --fit resize"
-        )
-    return fit_images(images, model_shape, fit)
+        generator = torch.Generator().manual_seed(args.seed)
+        return noise_images(args.count, tuple(model.image_shape), generator)
+    return images_for(model, source, args.data_dir, fit, args.count).images
 
 
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model, n_bits = load_model(args.checkpoint, args.device)
-    shape = tuple(model.image_shape)
-    inliers = _images(args.inliers, shape, args, "none")  # type: ignore[arg-type]
+    inliers = _images(args.inliers, model, args, "none")  # type: ignore[arg-type]
     reference_source = args.reference or _training_split(args.inliers)
-    reference = _images(reference_source, shape, args, "none")  # type: ignore[arg-type]
-    outliers = {name: _images(name, shape, args, args.fit) for name in args.outliers}
+    reference = _images(reference_source, model, args, "none")  # type: ignore[arg-type]
+    outliers = {name: _images(name, model, args, args.fit) for name in args.outliers}
     result = ood_scores(
         model, inliers, outliers, reference, args.inliers, n_bits, args.batch_size,
         args.typicality_batch,

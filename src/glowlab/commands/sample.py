@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..config import PAPER_TEMPERATURES
 from .train import use_help_formatter
 
 HELP = "write a PNG grid of samples at one or more temperatures"
@@ -16,7 +17,7 @@ DESCRIPTION = (
     "checkpoint has them."
 )
 
-SWEEP = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SWEEP = PAPER_TEMPERATURES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

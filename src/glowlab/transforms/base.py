@@ -14,16 +14,33 @@ not use it accept and ignore it, so that a whole flow can pass it along uniforml
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowSequential", "Transform", "zero_logdet"]
+__all__ = ["FlowSequential", "Rebuilt", "Transform", "zero_logdet"]
 
 
 def zero_logdet(x: Tensor) -> Tensor:
     """A ``(B,)`` tensor of zeros on ``x``'s device and dtype."""
     return x.new_zeros(x.shape[0])
+
+
+class Rebuilt(NamedTuple):
+    """A layer's input rebuilt from its output, with the forward graph recomputed.
+
+    ``x`` is the input (detached); ``leaves`` are tensors that require grad and together
+    make up ``x``; ``z`` and ``logdet`` are the forward outputs computed from the leaves;
+    ``combine(*leaf_grads)`` turns the leaves' gradients into the gradient of ``x``.
+    """
+
+    x: Tensor
+    leaves: tuple[Tensor, ...]
+    z: Tensor
+    logdet: Tensor
+    combine: Callable[..., Tensor]
 
 
 class Transform(nn.Module):
@@ -38,6 +55,19 @@ class Transform(nn.Module):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def rebuild(self, z: Tensor, context: Tensor | None = None) -> Rebuilt:
+        """The input of output ``z`` and the forward graph from it (call with grad enabled).
+
+        What the memory-saving backward pass (:mod:`glowlab.memory`) needs from each layer:
+        by default the layer is inverted without gradients and run forward again; layers
+        that can do both at once override this.
+        """
+        with torch.no_grad():
+            x, _ = self.inverse(z, context)
+        x = x.detach().requires_grad_(True)
+        out, logdet = self(x, context)
+        return Rebuilt(x.detach(), (x,), out, logdet, lambda g: g)
 
 
 class FlowSequential(Transform):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nets import NetFactory
-from .base import Transform, check_channels, zero_logdet
+from .base import Rebuilt, Transform, check_channels, zero_logdet
 
-__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "Rebuilt", "checkerboard_mask"]
+__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "checkerboard_mask"]
 
 CouplingKind = Literal["additive", "affine"]
 MaskKind = Literal["channel", "checkerboard"]
@@ -21,21 +20,6 @@ ScaleKind = Literal["sigmoid", "exp_tanh"]
 _KINDS = ("additive", "affine")
 _MASKS = ("channel", "checkerboard")
 _SCALES = ("sigmoid", "exp_tanh")
-
-
-class Rebuilt(NamedTuple):
-    """A layer's input rebuilt from its output, with the forward graph recomputed.
-
-    ``x`` is the input (detached); ``leaves`` are tensors that require grad and together
-    make up ``x``; ``z`` and ``logdet`` are the forward outputs computed from the leaves;
-    ``combine(*leaf_grads)`` turns the leaves' gradients into the gradient of ``x``.
-    """
-
-    x: Tensor
-    leaves: tuple[Tensor, ...]
-    z: Tensor
-    logdet: Tensor
-    combine: Callable[..., Tensor]
 
 
 def checkerboard_mask(height: int, width: int, parity: int, like: Tensor) -> Tensor:
@@ -180,10 +164,9 @@ class Coupling(Transform):
     def rebuild(self, z: Tensor, context: Tensor | None = None) -> Rebuilt:
         """The input of ``z`` and the forward graph from it, in one network evaluation.
 
-        The memory-saving backward pass (:mod:`glowlab.memory`) needs both the input of a
-        layer and the layer's forward graph. A coupling's kept part is the same in input
-        and output, so the network that inverts the layer is the network of the forward
-        pass: evaluating it once, with gradients, serves both. Call with gradients enabled.
+        A coupling's kept part is the same in input and output, so the network that inverts
+        the layer is the network of the forward pass: evaluating it once, with gradients,
+        serves both (the generic :meth:`Transform.rebuild` would evaluate it twice).
         """
         check_channels(z, self.channels, "Coupling")
         if self.mask == "checkerboard":
