@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.multiprocessing as mp
 
 
 def free_port() -> int:
@@ -22,3 +27,23 @@ def set_rank_env(rank: int, world_size: int, port: int) -> None:
         WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
     )
+    if Path("/sys/class/net/lo").exists():
+        # Keep gloo's connections on the loopback device rather than whatever interface
+        # the host name resolves to.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+
+def spawn_ranks(worker: Callable[..., None], world_size: int, *args: Any) -> None:
+    """Run ``worker(rank, world_size, port, *args)`` in ``world_size`` processes.
+
+    A process that dies by a signal (gloo occasionally aborts one while its connection
+    threads shut down) gets one more try on a fresh port; any other failure, or a second
+    abort, fails the test.
+    """
+    for attempt in range(2):
+        try:
+            mp.spawn(worker, args=(world_size, free_port(), *args), nprocs=world_size, join=True)
+            return
+        except mp.ProcessExitedException as exc:
+            if attempt == 1 or exc.signal_name is None:
+                raise

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor
 
 import glowlab
@@ -22,7 +21,7 @@ from glowlab.distributed import (
     wrap_model,
 )
 from glowlab.transforms import ActNorm
-from ranks import free_port, set_rank_env
+from ranks import set_rank_env, spawn_ranks
 
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -86,7 +85,7 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obje
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with the gloo backend is not available")
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True)
+    spawn_ranks(_worker, 2, str(out_dir))
     return torch.load(out_dir / "results.pt")  # type: ignore[no-any-return]
 
 

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import glowlab.train
 from glowlab.config import TrainConfig, apply_overrides, get_preset
@@ -24,7 +23,7 @@ from glowlab.models import FlowModel
 from glowlab.runlog import read_log
 from glowlab.train import Trainer
 from glowlab.transforms import ActNorm
-from ranks import free_port, set_rank_env
+from ranks import set_rank_env, spawn_ranks
 
 SETTINGS = [
     "model.levels=2",
@@ -124,7 +123,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with the gloo backend is not available")
     out_dir = tmp_path_factory.mktemp("ddp-trainer")
-    mp.spawn(_worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True)
+    spawn_ranks(_worker, 2, str(out_dir))
     return out_dir
 
 
