@@ -7,6 +7,7 @@ the autograd Jacobian on a tiny input.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from functools import partial
 
@@ -75,6 +76,10 @@ def _actnorm_initialized(channels: int, shape: tuple[int, ...]) -> Transform:
     return layer
 
 
+def _folded(conv: Callable[[int], Transform], channels: int, shape: tuple[int, ...]) -> Transform:
+    return FlowSequential([_actnorm_initialized(channels, shape), conv(channels)])
+
+
 # (id, factory, input shape, input sampler)
 CASES: list[tuple[str, Callable[[], Transform], tuple[int, ...]]] = [
     ("actnorm-image", lambda: _actnorm_initialized(4, IMAGE), IMAGE),
@@ -91,6 +96,10 @@ CASES: list[tuple[str, Callable[[], Transform], tuple[int, ...]]] = [
     ("logit", lambda: Logit(0.05), IMAGE),
     ("scaling", lambda: Scaling(6), VECTOR),
     ("sequential", lambda: FlowSequential([InvConv1x1LU(4), Coupling(4, _glownet)]), IMAGE),
+    # An ActNorm followed by a 1x1 convolution runs as one folded convolution.
+    ("folded-conv1x1-image", lambda: _folded(InvConv1x1, 4, IMAGE), IMAGE),
+    ("folded-conv1x1lu-image", lambda: _folded(InvConv1x1LU, 4, IMAGE), IMAGE),
+    ("folded-conv1x1lu-vector", lambda: _folded(InvConv1x1LU, 6, VECTOR), VECTOR),
 ]
 for kind in ("additive", "affine"):
     for scale in ("sigmoid", "exp_tanh") if kind == "affine" else ("sigmoid",):
@@ -289,6 +298,68 @@ def test_inverse_weight_cache_is_never_stale_across_modes(
             p.data.mul_(1.1)
         layer.clear_inverse_cache()
         torch.testing.assert_close(layer.inverse(layer(x)[0])[0], x, rtol=0, atol=1e-10)
+
+
+# -- ActNorm folded into the 1x1 convolution --------------------------------------------------
+def _pair(conv: Callable[[int], Transform], shape: tuple[int, ...]) -> FlowSequential:
+    flow = _folded(conv, shape[1], shape)
+    _perturb(flow)
+    return flow  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("conv", [InvConv1x1, InvConv1x1LU])
+@pytest.mark.parametrize("shape", [IMAGE, VECTOR], ids=["image", "vector"])
+def test_folded_actnorm_is_the_same_function_and_gradient(
+    conv: Callable[[int], Transform], shape: tuple[int, ...]
+) -> None:
+    fused = _pair(conv, shape)
+    separate = copy.deepcopy(fused)
+    separate.fuse = False
+    x = torch.randn(shape)
+    # The fused pair is really taken (not the layer-by-layer fallback).
+    assert fused.transforms[1].forward_fused(fused.transforms[0], x) is not None
+    outputs = []
+    for flow in (fused, separate):
+        z, logdet = flow(x)
+        x_back, logdet_inv = flow.inverse(z)
+        (z.square().sum() + logdet.sum() + x_back.sum() + logdet_inv.sum()).backward()
+        outputs.append((z, logdet, x_back, logdet_inv))
+    for a, b in zip(*outputs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for (name, a), (_, b) in zip(
+        fused.named_parameters(), separate.named_parameters(), strict=True
+    ):
+        assert a.grad is not None, name
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-11, msg=name)
+
+
+def test_folding_waits_for_actnorm_init() -> None:
+    flow = FlowSequential([ActNorm(4), InvConv1x1LU(4)])
+    x = torch.randn(IMAGE) * 3 + 2
+    assert flow.transforms[1].forward_fused(flow.transforms[0], x) is None  # not initialised
+    flow(x)  # the first call runs the layers one by one, and ActNorm initialises
+    assert bool(flow.transforms[0].initialized)
+    assert flow.transforms[1].forward_fused(flow.transforms[0], x) is not None
+    assert flow.transforms[1].forward_fused(Reverse(4), x) is None  # only an ActNorm folds
+
+
+def test_folded_weights_are_cached_in_eval_until_the_weights_change() -> None:
+    flow = _pair(InvConv1x1LU, IMAGE).eval()
+    actnorm, conv = flow.transforms
+    x = torch.randn(IMAGE)
+    with torch.no_grad():
+        first, _ = flow(x)
+        cached = conv._cache.entries["fold_forward"][1][0]
+        flow(x)
+        assert conv._cache.entries["fold_forward"][1][0] is cached  # reused, not recomputed
+        actnorm.log_scale.add_(0.25)  # an update bumps the version counter
+        second, _ = flow(x)
+        flow.fuse = False
+        expected, _ = flow(x)
+        torch.testing.assert_close(second, expected, rtol=0, atol=1e-12)
+        assert not torch.allclose(first, second)
+        flow.fuse = True
+        torch.testing.assert_close(flow.inverse(second)[0], x, rtol=0, atol=1e-10)
 
 
 # -- squeeze -------------------------------------------------------------------------------

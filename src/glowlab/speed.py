@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.base import FlowModel
+from .transforms.base import Transform
 from .transforms.coupling import Coupling
 
 __all__ = [
@@ -54,9 +55,14 @@ def compile_flow_steps(model: FlowModel, inverse: bool = True, **options: Any) -
     for level in model.levels:
         for layer in level.flow:
             layer.compile(**options)
+            # Instance attributes: they shadow the methods and are not part of state_dict.
             if inverse:
-                # An instance attribute: it shadows the method and is not part of state_dict.
                 layer.inverse = torch.compile(layer.inverse, **options)  # type: ignore[method-assign]
+            if type(layer).forward_fused is not Transform.forward_fused:
+                # A layer that folds its predecessor (the 1x1 convolution folds an ActNorm).
+                layer.forward_fused = torch.compile(layer.forward_fused, **options)  # type: ignore[method-assign]
+                if inverse:
+                    layer.inverse_fused = torch.compile(layer.inverse_fused, **options)  # type: ignore[method-assign]
     return model
 
 

@@ -69,9 +69,30 @@ class Transform(nn.Module):
         out, logdet = self(x, context)
         return Rebuilt(x.detach(), (x,), out, logdet, lambda g: g)
 
+    def forward_fused(
+        self, previous: Transform, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``self(previous(x))`` computed in one operation, or None where this layer cannot.
+
+        :class:`FlowSequential` offers every pair of neighbours to the second layer; a layer
+        that can fold its predecessor into itself (the 1x1 convolution folds an ActNorm)
+        overrides this. The result must be the same function, log-determinant included.
+        """
+        return None
+
+    def inverse_fused(
+        self, previous: Transform, z: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``previous.inverse(self.inverse(z))`` in one operation, or None (see above)."""
+        return None
+
 
 class FlowSequential(Transform):
     """A composition of transforms; the log-determinants add up.
+
+    Neighbours that can run as one operation do (see :meth:`Transform.forward_fused`): an
+    ActNorm followed by a 1x1 convolution is one convolution with a bias. ``fuse=False``
+    runs every layer on its own; the function is the same either way.
 
     Example:
         >>> from glowlab.transforms import ActNorm, Reverse
@@ -81,9 +102,10 @@ class FlowSequential(Transform):
         torch.Size([2])
     """
 
-    def __init__(self, transforms: Iterable[Transform]) -> None:
+    def __init__(self, transforms: Iterable[Transform], fuse: bool = True) -> None:
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
+        self.fuse = fuse
 
     def __len__(self) -> int:
         return len(self.transforms)
@@ -93,15 +115,31 @@ class FlowSequential(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(x)
-        for transform in self.transforms:
-            x, ld = transform(x, context)
+        layers, i = self.transforms, 0
+        while i < len(layers):
+            fused = None
+            if self.fuse and i + 1 < len(layers):
+                fused = layers[i + 1].forward_fused(layers[i], x, context)
+            if fused is None:
+                x, ld = layers[i](x, context)
+                i += 1
+            else:
+                (x, ld), i = fused, i + 2
             logdet = logdet + ld
         return x, logdet
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(z)
-        for transform in reversed(self.transforms):
-            z, ld = transform.inverse(z, context)
+        layers, i = self.transforms, len(self.transforms) - 1
+        while i >= 0:
+            fused = None
+            if self.fuse and i >= 1:
+                fused = layers[i].inverse_fused(layers[i - 1], z, context)
+            if fused is None:
+                z, ld = layers[i].inverse(z, context)
+                i -= 1
+            else:
+                (z, ld), i = fused, i - 2
             logdet = logdet + ld
         return z, logdet
 

@@ -1,11 +1,25 @@
-"""Invertible 1x1 convolutions (Glow), plain and LU-decomposed."""
+"""Invertible 1x1 convolutions (Glow), plain and LU-decomposed, with ActNorm folded in.
+
+In Glow every 1x1 convolution follows an ActNorm, and the two are one affine map per pixel:
+``W (exp(s) * (x - loc)) = W' x + b`` with ``W' = W diag(exp(s))`` and ``b = -W' loc``. The
+log-determinants add: ``H * W * (sum(s) + log|det W|)``. :meth:`InvConv1x1.forward_fused`
+and :meth:`InvConv1x1.inverse_fused` compute the pair as one convolution with a bias (the
+inverse is ``x = diag(exp(-s)) W^-1 z + loc``), which saves the ActNorm's passes over the
+activations and their backward; :class:`~glowlab.transforms.FlowSequential` uses them
+wherever an ActNorm is followed by a 1x1 convolution. The function is the same, so the
+gradients reach ``loc``, ``log_scale`` and the convolution's weights exactly as before.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .actnorm import ActNorm
 from .base import Transform, check_channels, spatial_size
 
 __all__ = ["InvConv1x1", "InvConv1x1LU"]
@@ -17,43 +31,151 @@ def _random_rotation(channels: int) -> Tensor:
     return q
 
 
-def _mix(x: Tensor, weight: Tensor) -> Tensor:
+def _mix(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Apply ``weight`` (C_out, C_in) along the channel axis of (B, C) or (B, C, H, W)."""
     if x.dim() == 2:
-        return F.linear(x, weight)
+        return F.linear(x, weight, bias)
     if x.dim() == 4:
-        return F.conv2d(x, weight.view(*weight.shape, 1, 1))
+        return F.conv2d(x, weight.view(*weight.shape, 1, 1), bias)
     raise ValueError(f"1x1 convolution expects (B, C) or (B, C, H, W) input, got {tuple(x.shape)}")
 
 
-class _InverseCache:
-    """Caches the inverse weight for sampling in evaluation mode.
+class _EvalCache:
+    """Caches weights derived from parameters (inverses, LU products, folded ActNorms).
 
-    The cached value is used only without gradients, in evaluation mode, and while every
-    parameter keeps its storage and its ``_version`` counter, which in-place updates bump
-    (optimizer steps, ``load_state_dict``, EMA updates). Switching the layer between
-    training and evaluation mode clears it. Writes through ``param.data`` bump no counter:
-    after such a write in evaluation mode call ``clear_inverse_cache()``.
+    A cached value is used only without gradients, in evaluation mode, and while every
+    parameter it came from keeps its storage and its ``_version`` counter, which in-place
+    updates bump (optimizer steps, ``load_state_dict``, EMA updates): it is recomputed only
+    when the weights change. Switching the layer between training and evaluation mode
+    clears it. Writes through ``param.data`` bump no counter: after such a write in
+    evaluation mode call ``clear_inverse_cache()``.
     """
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value: Tensor | None = None
+        self.entries: dict[str, tuple[tuple, Any]] = {}
 
     def clear(self) -> None:
-        self.key, self.value = None, None
+        self.entries.clear()
 
-    def get(self, params: list[Tensor], compute, training: bool) -> Tensor:  # type: ignore[no-untyped-def]
+    def get(
+        self, name: str, params: list[Tensor], compute: Callable[[], Any], training: bool
+    ) -> Any:
         if training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return compute()
         key = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        if key != self.key or self.value is None:
-            self.value = compute()
-            self.key = key
-        return self.value
+        entry = self.entries.get(name)
+        if entry is None or entry[0] != key:
+            entry = self.entries[name] = (key, compute())
+        return entry[1]
 
 
-class InvConv1x1(Transform):
+class _Conv1x1(Transform):
+    """What both 1x1 convolutions share: the mixing, the caches and the ActNorm folding.
+
+    A subclass provides :meth:`weight_matrix`, :meth:`_compute_inverse` and
+    :meth:`_logabsdet_matrix` (``log|det W|``, a 0-dim tensor).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self._cache = _EvalCache()
+
+    def weight_matrix(self) -> Tensor:
+        raise NotImplementedError
+
+    def _compute_inverse(self) -> Tensor:
+        raise NotImplementedError
+
+    def _logabsdet_matrix(self) -> Tensor:
+        raise NotImplementedError
+
+    def _cached(self, name: str, compute: Callable[[], Any], *others: nn.Module) -> Any:
+        params = [*self.parameters(), *(p for m in others for p in m.parameters())]
+        return self._cache.get(name, params, compute, self.training)
+
+    def inverse_weight(self) -> Tensor:
+        """``W^-1``, cached in evaluation mode until the weights change."""
+        return self._cached("inverse", self._compute_inverse)
+
+    def clear_inverse_cache(self) -> None:
+        """Forget the cached weights (needed only after writing weights through ``.data``)."""
+        self._cache.clear()
+
+    def train(self, mode: bool = True) -> _Conv1x1:
+        self._cache.clear()
+        return super().train(mode)
+
+    def _logdet(self, per_position: Tensor, x: Tensor, sign: float) -> Tensor:
+        return (sign * spatial_size(x) * per_position).to(x.dtype).expand(x.shape[0])
+
+    def _logabsdet(self) -> Tensor:
+        return self._cached("logabsdet", self._logabsdet_matrix)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_channels(x, self.channels, type(self).__name__)
+        weight = self._cached("weight", self.weight_matrix)
+        return _mix(x, weight), self._logdet(self._logabsdet(), x, 1.0)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_channels(z, self.channels, type(self).__name__)
+        return _mix(z, self.inverse_weight()), self._logdet(self._logabsdet(), z, -1.0)
+
+    # -- ActNorm folded into the convolution ----------------------------------------------
+    def _foldable(self, previous: Transform, x: Tensor) -> bool:
+        return (
+            isinstance(previous, ActNorm)
+            and previous.channels == self.channels
+            and x.dim() in (2, 4)
+            and not (previous.training and previous.needs_init())
+        )
+
+    def _fold_forward(self, actnorm: ActNorm) -> tuple[Tensor, Tensor, Tensor]:
+        weight = self.weight_matrix() * actnorm.log_scale.exp()  # scales the columns
+        bias = -(weight @ actnorm.loc)
+        return weight, bias, actnorm.log_scale.sum() + self._logabsdet_matrix()
+
+    def _fold_inverse(self, actnorm: ActNorm) -> tuple[Tensor, Tensor, Tensor]:
+        weight = (-actnorm.log_scale).exp().unsqueeze(1) * self.inverse_weight()  # the rows
+        return weight, actnorm.loc, actnorm.log_scale.sum() + self._logabsdet_matrix()
+
+    def forward_fused(
+        self, previous: Transform, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``self(previous(x))`` as one convolution when ``previous`` is an initialised ActNorm.
+
+        Returns None when the pair cannot be folded (another layer, or an ActNorm that will
+        initialise itself on this batch); the caller then runs the layers one by one.
+        """
+        if not self._foldable(previous, x):
+            return None
+        check_channels(x, self.channels, type(self).__name__)
+        weight, bias, per_position = self._cached(
+            "fold_forward",
+            lambda: self._fold_forward(previous),
+            previous,  # type: ignore[arg-type]
+        )
+        return _mix(x, weight, bias), self._logdet(per_position, x, 1.0)
+
+    def inverse_fused(
+        self, previous: Transform, z: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``previous.inverse(self.inverse(z))`` as one convolution (see :meth:`forward_fused`)."""
+        if not self._foldable(previous, z):
+            return None
+        check_channels(z, self.channels, type(self).__name__)
+        weight, bias, per_position = self._cached(
+            "fold_inverse",
+            lambda: self._fold_inverse(previous),
+            previous,  # type: ignore[arg-type]
+        )
+        return _mix(z, weight, bias), self._logdet(per_position, z, -1.0)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}"
+
+
+class InvConv1x1(_Conv1x1):
     """Invertible 1x1 convolution ``z = W x`` with a full learned matrix ``W``.
 
     ``W`` starts as a random rotation. The log-determinant is ``H * W * log|det W|``,
@@ -72,42 +194,20 @@ class InvConv1x1(Transform):
     """
 
     def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channels = channels
+        super().__init__(channels)
         self.weight = nn.Parameter(_random_rotation(channels).to(torch.get_default_dtype()))
-        self._inverse_cache = _InverseCache()
 
-    def _logabsdet(self, x: Tensor) -> Tensor:
-        return spatial_size(x) * torch.linalg.slogdet(self.weight).logabsdet
+    def weight_matrix(self) -> Tensor:
+        return self.weight
 
-    def inverse_weight(self) -> Tensor:
-        return self._inverse_cache.get(
-            [self.weight], lambda: torch.linalg.inv(self.weight), self.training
-        )
+    def _compute_inverse(self) -> Tensor:
+        return torch.linalg.inv(self.weight)
 
-    def clear_inverse_cache(self) -> None:
-        """Forget the cached inverse (needed only after writing the weight through ``.data``)."""
-        self._inverse_cache.clear()
-
-    def train(self, mode: bool = True) -> InvConv1x1:
-        self._inverse_cache.clear()
-        return super().train(mode)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_channels(x, self.channels, "InvConv1x1")
-        logdet = self._logabsdet(x).to(x.dtype).expand(x.shape[0])
-        return _mix(x, self.weight), logdet
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_channels(z, self.channels, "InvConv1x1")
-        logdet = (-self._logabsdet(z)).to(z.dtype).expand(z.shape[0])
-        return _mix(z, self.inverse_weight()), logdet
-
-    def extra_repr(self) -> str:
-        return f"{self.channels}"
+    def _logabsdet_matrix(self) -> Tensor:
+        return torch.linalg.slogdet(self.weight).logabsdet
 
 
-class InvConv1x1LU(Transform):
+class InvConv1x1LU(_Conv1x1):
     """Invertible 1x1 convolution with ``W = P L (U + diag(sign(s) * exp(log|s|)))``.
 
     ``P`` is a fixed permutation, ``L`` unit lower triangular, ``U`` strictly upper
@@ -126,8 +226,7 @@ class InvConv1x1LU(Transform):
     """
 
     def __init__(self, channels: int, init_weight: Tensor | None = None) -> None:
-        super().__init__()
-        self.channels = channels
+        super().__init__(channels)
         w = _random_rotation(channels) if init_weight is None else init_weight.double()
         p, lower, upper = torch.linalg.lu(w)
         s = torch.diagonal(upper)
@@ -139,16 +238,22 @@ class InvConv1x1LU(Transform):
         self.lower = nn.Parameter(torch.tril(lower, -1).to(dtype))
         self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
-        self._inverse_cache = _InverseCache()
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         lower = self.lower * self.lower_mask + self.eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
         return lower, upper
 
-    def weight(self) -> Tensor:
+    def weight_matrix(self) -> Tensor:
         lower, upper = self._factors()
         return self.perm @ lower @ upper
+
+    def weight(self) -> Tensor:
+        """``W = P L U``, the matrix the layer applies (cached like :meth:`inverse_weight`)."""
+        return self._cached("weight", self.weight_matrix)
+
+    def _logabsdet_matrix(self) -> Tensor:
+        return self.log_s.sum()
 
     def _compute_inverse(self) -> Tensor:
         lower, upper = self._factors()
@@ -156,28 +261,3 @@ class InvConv1x1LU(Transform):
         lower_inv = torch.linalg.solve_triangular(lower, self.eye, upper=False, unitriangular=True)
         upper_inv = torch.linalg.solve_triangular(upper, self.eye, upper=True)
         return upper_inv @ lower_inv @ self.perm.T
-
-    def inverse_weight(self) -> Tensor:
-        params = [self.lower, self.upper, self.log_s]
-        return self._inverse_cache.get(params, self._compute_inverse, self.training)
-
-    def clear_inverse_cache(self) -> None:
-        """Forget the cached inverse (needed only after writing weights through ``.data``)."""
-        self._inverse_cache.clear()
-
-    def train(self, mode: bool = True) -> InvConv1x1LU:
-        self._inverse_cache.clear()
-        return super().train(mode)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_channels(x, self.channels, "InvConv1x1LU")
-        logdet = (spatial_size(x) * self.log_s.sum()).to(x.dtype).expand(x.shape[0])
-        return _mix(x, self.weight()), logdet
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_channels(z, self.channels, "InvConv1x1LU")
-        logdet = (-spatial_size(z) * self.log_s.sum()).to(z.dtype).expand(z.shape[0])
-        return _mix(z, self.inverse_weight()), logdet
-
-    def extra_repr(self) -> str:
-        return f"{self.channels}"
