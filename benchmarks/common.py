@@ -24,7 +24,7 @@ from torch import Tensor
 
 import glowlab
 from glowlab.models.base import FlowModel
-from glowlab.speed import autocast
+from glowlab.speed import autocast, tf32
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,15 +132,8 @@ def precision_context(precision: str, model: FlowModel) -> Iterator[None]:
     """fp32: plain float32 (TF32 off); tf32: TF32 matmuls and convolutions (CUDA);
     bf16: coupling networks under bfloat16 autocast, likelihood in float32
     (:func:`glowlab.speed.autocast`)."""
-    tf32 = precision == "tf32"
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    try:
-        with autocast(model, torch.bfloat16, enabled=precision == "bf16"):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    with tf32(precision == "tf32"), autocast(model, torch.bfloat16, enabled=precision == "bf16"):
+        yield
 
 
 def matmul_tflops(precision: str, device: torch.device, size: int, repeats: int = 5) -> float:
@@ -148,13 +141,8 @@ def matmul_tflops(precision: str, device: torch.device, size: int, repeats: int 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    tf32 = precision == "tf32"
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
+    with tf32(precision == "tf32"):
         seconds = median_seconds(lambda: a @ b, device, warmup=2, repeats=repeats)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
     return 2 * size**3 / seconds / 1e12
 
 

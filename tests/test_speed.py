@@ -9,7 +9,14 @@ import torch
 
 import glowlab
 from glowlab.metrics import bits_per_dim_from_log_prob
-from glowlab.speed import autocast, channels_last_input, compile_flow_steps, to_channels_last
+from glowlab.speed import (
+    autocast,
+    channels_last_input,
+    compile_flow_steps,
+    set_tf32,
+    tf32,
+    to_channels_last,
+)
 
 
 def _trained_like_glow(shape: tuple[int, int, int] = (3, 8, 8), **kwargs: int) -> glowlab.Glow:
@@ -89,3 +96,24 @@ def test_channels_last_keeps_values() -> None:
     assert torch.allclose(model.log_prob(channels_last_input(x)), expected, rtol=1e-10)
     with pytest.raises(ValueError, match="B, C, H, W"):
         channels_last_input(torch.zeros(2, 3))
+
+
+def test_tf32_block_sets_and_restores_the_flags() -> None:
+    # The settings exist (and can be written) in CPU builds of PyTorch too.
+    with tf32(False):
+        assert not _tf32_on()
+        with tf32(True):
+            assert _tf32_on()
+            set_tf32(False)
+            assert not _tf32_on()
+        assert not _tf32_on()
+        with tf32(True):
+            assert _tf32_on()
+        assert not _tf32_on()
+
+
+def _tf32_on() -> bool:
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        return matmul.fp32_precision == "tf32" and conv.fp32_precision == "tf32"
+    return bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)

@@ -11,7 +11,7 @@
 * :func:`to_channels_last` stores the convolution weights channels-last (NHWC), the layout
   the tensor cores of recent GPUs prefer; pass inputs through :func:`channels_last_input`.
 * :func:`set_tf32` lets CUDA float32 matmuls and convolutions use TF32 tensor cores (10-bit
-  mantissa products, float32 accumulation), or forbids it.
+  mantissa products, float32 accumulation), or forbids it; :func:`tf32` does so for a block.
 
 None of these change ``state_dict``: a model trained with them saves and loads as usual.
 """
@@ -34,6 +34,7 @@ __all__ = [
     "channels_last_input",
     "compile_flow_steps",
     "set_tf32",
+    "tf32",
     "to_channels_last",
 ]
 
@@ -146,18 +147,46 @@ def channels_last_input(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def _tf32_flags() -> tuple[Any, Any] | None:
+    """The matmul and convolution precision settings of the newer interface, if it exists."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        return matmul, conv
+    return None  # PyTorch before 2.9
+
+
 def set_tf32(enabled: bool) -> None:
     """Allow (``True``) or forbid (``False``) TF32 in CUDA float32 matmuls and convolutions.
 
     This is process-wide state of PyTorch. ``False`` is strict float32: PyTorch's own default
     lets cuDNN convolutions use TF32, which this turns off too. It has no effect on the CPU.
+    Use this (or :func:`tf32`) rather than the ``allow_tf32`` flags: PyTorch raises when a
+    process mixes those with the newer ``fp32_precision`` settings.
     """
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
-        # The newer interface; setting the older allow_tf32 flags as well would mix the two,
-        # which PyTorch rejects when the flags are read back.
-        matmul.fp32_precision = "tf32" if enabled else "ieee"
-        conv.fp32_precision = "tf32" if enabled else "ieee"
-    else:  # PyTorch before 2.9
+    flags = _tf32_flags()
+    if flags is not None:
+        for flag in flags:
+            flag.fp32_precision = "tf32" if enabled else "ieee"
+    else:
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """Within the block, TF32 is allowed or forbidden as :func:`set_tf32` sets it; the
+    previous settings come back afterwards."""
+    flags = _tf32_flags()
+    if flags is not None:
+        saved = [flag.fp32_precision for flag in flags]
+    else:
+        saved = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
+    set_tf32(enabled)
+    try:
+        yield
+    finally:
+        if flags is not None:
+            for flag, value in zip(flags, saved, strict=True):
+                flag.fp32_precision = value
+        else:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
