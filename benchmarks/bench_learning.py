@@ -1,12 +1,15 @@
 """Learning speed: train for a fixed wall-clock time, then bits/dim on the full test set.
 
-The protocol: the training set is loaded into memory (on the device) before the clock
-starts; the clock then counts training steps only (sampling a batch, dequantizing it,
+The protocol: the training set is loaded into memory (on the device) and ActNorm's
+data-dependent init runs on ``--init-batch`` training images before the clock starts
+(with ``--compile``, so does the compilation: one forward and backward pass that changes
+no weight); the clock then counts training steps only (sampling a batch, dequantizing it,
 forward, backward, Adamax update with a linear learning-rate warmup), not model building,
-data loading or evaluation. When ``--seconds`` of training have passed, the model is put in
-evaluation mode and the bits/dim of every test image is computed (uniform dequantization
-noise, fixed seed). This is a plain loop, independent of ``glowlab.train``, so that the
-figure measures the model and its layers.
+data loading or evaluation. The loop reads the loss back every ``--sync-every`` steps, so
+the GPU is not stalled after each step; the clock stops at the first such read-back after
+``--seconds``. The model is then put in evaluation mode and the bits/dim of every test
+image is computed (uniform dequantization noise, fixed seed). This is a plain loop,
+independent of ``glowlab.train``, so that the figure measures the model and its layers.
 
 Data: ``--data-dir`` holds ``mnist/{train,test}.npz`` and ``cifar10/{train_0..4,test}.npz``
 (arrays ``images`` uint8 NHWC and ``labels``).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,8 @@ from common import (
     MODEL_CONFIGS,
     PRECISIONS,
     REPO_ROOT,
+    add_speed_options,
+    apply_speed_options,
     base_parser,
     build_model,
     check_precision,
@@ -38,6 +44,7 @@ from common import (
     report,
     setup,
     synchronize,
+    use_channels_last,
 )
 from torch import Tensor
 
@@ -60,7 +67,13 @@ def load_split(data_dir: Path, dataset: str, split: str) -> Tensor:
 
 @torch.no_grad()
 def test_bits_per_dim(
-    model: glowlab.Glow, images: Tensor, batch: int, n_bits: int, precision: str, seed: int
+    model: glowlab.Glow,
+    images: Tensor,
+    batch: int,
+    n_bits: int,
+    precision: str,
+    seed: int,
+    layout: Callable[[Tensor], Tensor] = lambda x: x,
 ) -> float:
     model.eval()
     generator = torch.Generator(images.device).manual_seed(seed)
@@ -69,7 +82,7 @@ def test_bits_per_dim(
         chunk = images[start : start + batch]
         x = glowlab.dequantize(chunk, n_bits, dtype=torch.float32, generator=generator)
         with precision_context(precision, model):
-            log_prob = model.log_prob(x)
+            log_prob = model.log_prob(layout(x))
         total += float(bits_per_dim_from_log_prob(log_prob, model.dims, n_bits).double().sum())
     model.train()
     return total / images.shape[0]
@@ -104,6 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--memory-mode", default="standard", choices=MEMORY_MODES)
     parser.add_argument("--eval-batch", type=int, default=500)
+    parser.add_argument("--init-batch", type=int, default=256, help="images for ActNorm's init")
+    parser.add_argument(
+        "--sync-every",
+        type=int,
+        default=10,
+        help="steps between loss read-backs (and clock checks)",
+    )
+    add_speed_options(parser)
     parser.add_argument(
         "--test-limit",
         type=int,
@@ -120,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     warmup_steps = args.warmup_steps if args.warmup_steps is not None else (500 if cuda else 50)
     if (why := check_precision(args.precision, device)) is not None:
         parser.error(why)
+    if args.sync_every < 1:
+        parser.error("--sync-every must be at least 1")
 
     train = load_split(args.data_dir, args.dataset, "train").to(device)
     test = load_split(args.data_dir, args.dataset, "test").to(device)
@@ -131,36 +154,58 @@ def main(argv: list[str] | None = None) -> None:
                      f"{tuple(train.shape[1:])}")  # fmt: skip
 
     model = build_model(args.model, device).set_memory_mode(args.memory_mode)
-    optimizer = torch.optim.Adamax(model.parameters(), lr=args.lr)
     generator = torch.Generator(device).manual_seed(args.seed)
+
+    def batch_of(n: int) -> Tensor:
+        idx = torch.randint(train.shape[0], (n,), device=device, generator=generator)
+        return glowlab.dequantize(train[idx], args.n_bits, dtype=torch.float32, generator=generator)
+
+    with torch.no_grad(), precision_context(args.precision, model):
+        model.log_prob(batch_of(min(args.init_batch, train.shape[0])))  # ActNorm's init
+    layout = apply_speed_options(args, model, device)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=args.lr)
     offset = args.n_bits * math.log(2) * model.dims  # log-likelihood of the discretization
 
+    def loss_of(x: Tensor) -> Tensor:
+        with precision_context(args.precision, model):
+            log_prob = model.log_prob(layout(x))
+        return -(log_prob.mean() - offset) / (model.dims * math.log(2))
+
+    if args.compile:  # compile before the clock starts; no optimizer step, so no weight moves
+        loss_of(batch_of(batch)).backward()
+        optimizer.zero_grad(set_to_none=True)
+
     losses: list[float] = []
+    pending: list[Tensor] = []
     steps, trained = 0, 0.0
     synchronize(device)
-    while trained < seconds:
-        start = time.perf_counter()
+    start = time.perf_counter()
+    while True:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (steps + 1) / max(warmup_steps, 1))
-        idx = torch.randint(train.shape[0], (batch,), device=device, generator=generator)
-        x = glowlab.dequantize(train[idx], args.n_bits, dtype=torch.float32, generator=generator)
-        with precision_context(args.precision, model):
-            log_prob = model.log_prob(x)
-        loss = -(log_prob.mean() - offset) / (model.dims * math.log(2))
+        loss = loss_of(batch_of(batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        value = float(loss.detach())  # a host synchronisation, so the clock sees the finished step
-        trained += time.perf_counter() - start
-        if not math.isfinite(value):
-            raise SystemExit(f"the training loss became {value} at step {steps}")
-        losses.append(value)
+        pending.append(loss.detach())
         steps += 1
-        if steps % 50 == 0:
-            print(f"  step {steps:6d}  {trained:7.1f} s  train bits/dim {value:.3f}")
+        if steps % args.sync_every:
+            continue
+        values = torch.stack(pending).tolist()  # a host synchronisation: the steps are done
+        trained = time.perf_counter() - start
+        pending.clear()
+        if not all(math.isfinite(v) for v in values):
+            raise SystemExit(f"the training loss became non-finite before step {steps}")
+        losses += values
+        if steps % 50 < args.sync_every:
+            print(f"  step {steps:6d}  {trained:7.1f} s  train bits/dim {values[-1]:.3f}")
+        if trained >= seconds:
+            break
 
     eval_start = time.perf_counter()
-    test_bpd = test_bits_per_dim(model, test, args.eval_batch, args.n_bits, args.precision, 1234)
+    test_bpd = test_bits_per_dim(
+        model, test, args.eval_batch, args.n_bits, args.precision, 1234, layout
+    )
     eval_seconds = time.perf_counter() - eval_start
     rows = [{
         "dataset": args.dataset, "model": args.model, "precision": args.precision,
@@ -170,7 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     }]  # fmt: skip
     columns = ["dataset", "model", "precision", "batch", "train_seconds", "steps", "images",
                "train_bpd_last50", "test_images", "test_bpd", "eval_seconds"]  # fmt: skip
-    report(args, device, rows, columns, lr=args.lr, warmup_steps=warmup_steps)
+    report(
+        args,
+        device,
+        rows,
+        columns,
+        lr=args.lr,
+        warmup_steps=warmup_steps,
+        compiled=args.compile,
+        channels_last=use_channels_last(args, device),
+    )
 
 
 if __name__ == "__main__":

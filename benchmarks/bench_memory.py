@@ -21,6 +21,8 @@ from bench_train import bits_per_dim_loss, training_step
 from common import (
     MEMORY_MODES,
     PRECISIONS,
+    add_speed_options,
+    apply_speed_options,
     base_parser,
     build_model,
     check_precision,
@@ -30,6 +32,7 @@ from common import (
     random_images,
     report,
     setup,
+    use_channels_last,
 )
 
 from glowlab.memory import saved_activation_bytes
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (0: no timing)")
+    add_speed_options(parser)
     args = parser.parse_args(argv)  # fmt: skip
     device = setup(args)
     cuda = device.type == "cuda"
@@ -64,10 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         model.log_prob(random_images(model.image_shape, batch_sizes[0], device, generator))
+    layout = apply_speed_options(args, model, device)
 
     rows = []
     for batch in batch_sizes:
-        x = random_images(model.image_shape, batch, device, generator)
+        x = layout(random_images(model.image_shape, batch, device, generator))
         standard_seconds = None
         for mode in args.memory_modes:
             model.set_memory_mode(mode)  # type: ignore[arg-type]
@@ -109,7 +114,15 @@ def main(argv: list[str] | None = None) -> None:
         else "bytes of activations saved for backward (CPU proxy; excludes weights, grads, "
         "optimizer state and temporaries)"
     )
-    report(args, device, rows, columns, memory_measure=what)
+    report(
+        args,
+        device,
+        rows,
+        columns,
+        memory_measure=what,
+        compiled=args.compile,
+        channels_last=use_channels_last(args, device),
+    )
 
 
 if __name__ == "__main__":

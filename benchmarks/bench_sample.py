@@ -17,6 +17,8 @@ import statistics
 import torch
 from common import (
     PRECISIONS,
+    add_speed_options,
+    apply_speed_options,
     base_parser,
     build_model,
     check_precision,
@@ -25,9 +27,8 @@ from common import (
     report,
     setup,
     time_calls,
+    use_channels_last,
 )
-
-from glowlab.speed import compile_flow_steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--compile", action="store_true", help="glowlab.speed.compile_flow_steps")
+    add_speed_options(parser, training=False)
     args = parser.parse_args(argv)
     device = setup(args)
     if (why := check_precision(args.precision, device)) is not None:
@@ -48,8 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         model.log_prob(random_images(model.image_shape, 16, device, generator))
     model.eval()
-    if args.compile:
-        compile_flow_steps(model)
+    apply_speed_options(args, model, device)
 
     def sample() -> None:
         with precision_context(args.precision, model):
@@ -64,7 +64,15 @@ def main(argv: list[str] | None = None) -> None:
         "images_per_s": args.n / (statistics.median(ms) / 1e3),
     }]  # fmt: skip
     columns = ["n", "temperature", "precision", "median_ms", "p10_ms", "p90_ms", "images_per_s"]
-    report(args, device, rows, columns, compiled=args.compile, repeats=args.repeats)
+    report(
+        args,
+        device,
+        rows,
+        columns,
+        compiled=args.compile,
+        channels_last=use_channels_last(args, device),
+        repeats=args.repeats,
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 from common import (
     MEMORY_MODES,
+    add_speed_options,
+    apply_speed_options,
     base_parser,
     build_model,
     check_precision,
@@ -34,12 +36,12 @@ from common import (
     random_images,
     report,
     setup,
+    use_channels_last,
 )
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from glowlab.models.base import FlowModel
-from glowlab.speed import channels_last_input, compile_flow_steps, to_channels_last
 
 
 def bits_per_dim_loss(model: FlowModel, x: Tensor) -> Tensor:
@@ -93,10 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="side of the ceiling matmul (default 1024 on CPU, 8192 on CUDA)",
     )
-    parser.add_argument("--compile", action="store_true", help="glowlab.speed.compile_flow_steps")
-    parser.add_argument(
-        "--channels-last", action="store_true", help="weights and inputs channels-last (NHWC)"
-    )
+    add_speed_options(parser)
     args = parser.parse_args(argv)  # fmt: skip
     device = setup(args)
     cuda = device.type == "cuda"
@@ -116,17 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         model.log_prob(random_images(model.image_shape, batch_sizes[0], device, generator))
-    if args.channels_last:
-        to_channels_last(model)
-    if args.compile:
-        compile_flow_steps(model)
+    layout = apply_speed_options(args, model, device)
     ceilings = {p: matmul_tflops(p, device, matmul_size) for p in precisions}
 
     rows = []
     for batch in batch_sizes:
-        x = random_images(model.image_shape, batch, device, generator)
-        if args.channels_last:
-            x = channels_last_input(x)
+        x = layout(random_images(model.image_shape, batch, device, generator))
         flops = step_flops(model, x)
         for precision in precisions:
             for mode in args.memory_modes:
@@ -152,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         columns,
         compiled=args.compile,
-        channels_last=args.channels_last,
+        channels_last=use_channels_last(args, device),
         matmul_size=matmul_size,
     )
 

@@ -24,7 +24,13 @@ from torch import Tensor
 
 import glowlab
 from glowlab.models.base import FlowModel
-from glowlab.speed import autocast, tf32
+from glowlab.speed import (
+    autocast,
+    channels_last_input,
+    compile_flow_steps,
+    tf32,
+    to_channels_last,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +75,42 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def add_speed_options(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """``--channels-last`` / ``--no-channels-last`` and ``--compile``.
+
+    The default layout is ``glowlab train``'s for training (channels-last on the CPU) and
+    the plain one for sampling, which ``glowlab sample`` uses.
+    """
+    default = "on for CPU (as glowlab train does), off for CUDA" if training else "off"
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None if training else False,
+        help=f"weights and inputs channels-last (NHWC); default: {default}",
+    )
+    parser.add_argument("--compile", action="store_true", help="glowlab.speed.compile_flow_steps")
+
+
+def use_channels_last(args: argparse.Namespace, device: torch.device) -> bool:
+    """The layout ``--channels-last`` asks for, with ``glowlab train``'s default."""
+    return args.channels_last if args.channels_last is not None else device.type == "cpu"
+
+
+def apply_speed_options(
+    args: argparse.Namespace, model: FlowModel, device: torch.device
+) -> Callable[[Tensor], Tensor]:
+    """Apply ``--channels-last`` and ``--compile`` to ``model`` (after its ActNorm init).
+
+    Returns the function that puts an input batch in the chosen layout.
+    """
+    channels_last = use_channels_last(args, device)
+    if channels_last:
+        to_channels_last(model)
+    if args.compile:
+        compile_flow_steps(model)
+    return channels_last_input if channels_last else lambda x: x
 
 
 def csv_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:

@@ -78,7 +78,8 @@ def test_compiled_training_matches_eager(tmp_path: Path) -> None:
 
 
 def test_channels_last_and_memory_modes_compose(tmp_path: Path) -> None:
-    reference, reference_bpd = _fit(tmp_path / "plain", "train.steps=3", "train.precision=bf16")
+    nchw = ["train.steps=3", "train.precision=bf16", "train.channels_last=false"]
+    reference, reference_bpd = _fit(tmp_path / "plain", *nchw)
     for mode in ("invertible", "checkpoint"):
         options = ["train.channels_last=true", f"train.memory_mode={mode}"]
         losses, bpd = _fit(tmp_path / mode, "train.steps=3", "train.precision=bf16", *options)
@@ -88,9 +89,23 @@ def test_channels_last_and_memory_modes_compose(tmp_path: Path) -> None:
 
 def test_channels_last_keeps_the_losses(tmp_path: Path) -> None:
     losses, bpd = _fit(tmp_path / "nhwc", "train.steps=3", "train.channels_last=true")
-    reference, reference_bpd = _fit(tmp_path / "nchw", "train.steps=3")
+    reference, reference_bpd = _fit(tmp_path / "nchw", "train.steps=3", "train.channels_last=false")
     assert losses == pytest.approx(reference, rel=1e-5)
     assert bpd == pytest.approx(reference_bpd, rel=1e-5)
+
+
+def _stored_channels_last(trainer: Trainer) -> bool:
+    convs = [p for p in trainer.model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+def test_channels_last_is_the_cpu_default(tmp_path: Path) -> None:
+    assert _config().train.channels_last is None
+    default = Trainer(_config(), tmp_path / "default")
+    assert default.channels_last and _stored_channels_last(default)
+    assert default._next_batch()[0].is_contiguous(memory_format=torch.channels_last)
+    off = Trainer(_config("train.channels_last=false"), tmp_path / "off")
+    assert not off.channels_last and not _stored_channels_last(off)
 
 
 def test_tf32_needs_cuda(tmp_path: Path) -> None:

@@ -141,7 +141,11 @@ class LoopConfig:
     compile_backend: str = _field(
         "inductor", "torch.compile backend when train.compile (aot_eager: no code generation)"
     )
-    channels_last: bool = _field(False, "store convolution weights and inputs channels-last")
+    channels_last: bool | None = _field(
+        None,
+        "store convolution weights and inputs channels-last (null: on the CPU, where it is "
+        "faster, and off on CUDA)",
+    )
     log_every: int = _field(10, "steps between training log records")
     eval_every: int = _field(1000, "steps between test evaluations (0: only at the end)")
     max_eval_images: int | None = _field(None, "cap on test images per evaluation (None: all)")

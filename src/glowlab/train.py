@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._optional import require
@@ -215,7 +215,8 @@ class Trainer:
         except TypeError as exc:
             raise ValueError(f"model config: {exc}") from None
         self.model.set_memory_mode(config.train.memory_mode)
-        if config.train.channels_last:
+        self.channels_last = _use_channels_last(config.train.channels_last, self.model, self.device)
+        if self.channels_last:
             to_channels_last(self.model)
         # The buffers that a training-mode forward pass updates (batch normalization's
         # running statistics): saved before each step and put back when it is rejected.
@@ -318,7 +319,7 @@ class Trainer:
         return torch.tensor_split(batch, self.ctx.world_size)[self.ctx.rank]
 
     def _layout(self, x: Tensor) -> Tensor:
-        return channels_last_input(x) if self.config.train.channels_last else x
+        return channels_last_input(x) if self.channels_last else x
 
     def _prepare(self, images: Tensor, augment: bool) -> Tensor:
         d = self.config.data
@@ -947,3 +948,14 @@ def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
     # disable=None: no bar when stderr is not a terminal (a log file, CI), where its
     # carriage-return updates would pile up; log.jsonl has every figure anyway.
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
+
+
+def _use_channels_last(setting: bool | None, model: nn.Module, device: torch.device) -> bool:
+    """``train.channels_last``; null means on the CPU, for models with convolutions.
+
+    On the CPU, oneDNN's convolutions run faster on channels-last tensors (the throughput
+    table in docs/benchmarks.md). On CUDA the default stays off until it has been measured.
+    """
+    if setting is not None:
+        return setting
+    return device.type == "cpu" and any(p.dim() == 4 for p in model.parameters())

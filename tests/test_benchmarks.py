@@ -1,0 +1,68 @@
+"""Every benchmark script runs end to end on the CPU with tiny settings and writes its JSON.
+
+These check that the scripts work, not their figures (docs/benchmarks.md has those). The
+CUDA branches cannot run here; they differ only in the device and the peak-memory counter.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(autouse=True)
+def _float32() -> None:
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores float64 afterwards
+
+
+def _run(script: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{script}.json"
+    importlib.import_module(script).main([*args, "--device", "cpu", "--json", str(out)])
+    return json.loads(out.read_text())
+
+
+def test_bench_train(tmp_path: Path) -> None:
+    result = _run(
+        "bench_train", tmp_path, "--model", "small-mnist", "--batch-sizes", "2",
+        "--memory-modes", "standard,invertible", "--warmup", "0", "--repeats", "1",
+        "--matmul-size", "64",
+    )  # fmt: skip
+    rows = result["results"]
+    assert [r["memory_mode"] for r in rows] == ["standard", "invertible"]
+    assert all(r["images_per_s"] > 0 and r["gflop_per_step"] > 0 for r in rows)
+    assert result["channels_last"] is True  # glowlab train's CPU default
+
+
+def test_bench_memory(tmp_path: Path) -> None:
+    result = _run(
+        "bench_memory", tmp_path, "--model", "small-mnist", "--batch-sizes", "2",
+        "--repeats", "0", "--no-channels-last",
+    )  # fmt: skip
+    saved = {r["memory_mode"]: r["saved_activations_MiB"] for r in result["results"]}
+    assert saved["invertible"] < saved["checkpoint"] < saved["standard"]
+
+
+def test_bench_sample(tmp_path: Path) -> None:
+    result = _run("bench_sample", tmp_path, "--model", "small-mnist", "--n", "2", "--repeats", "2")
+    assert result["results"][0]["median_ms"] > 0
+    assert result["channels_last"] is False
+
+
+def test_bench_learning(tmp_path: Path, shared_data: Path) -> None:
+    result = _run(
+        "bench_learning", tmp_path, "--dataset", "mnist", "--data-dir", str(shared_data),
+        "--seconds", "0.5", "--batch-size", "4", "--sync-every", "2", "--init-batch", "8",
+        "--test-limit", "20", "--eval-batch", "10",
+    )  # fmt: skip
+    row = result["results"][0]
+    assert row["steps"] % 2 == 0 and row["steps"] >= 2 and row["train_seconds"] >= 0.5
+    assert row["test_images"] == 20 and 0 < row["test_bpd"] < 16
