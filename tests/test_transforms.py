@@ -100,6 +100,7 @@ CASES: list[tuple[str, Callable[[], Transform], tuple[int, ...]]] = [
     ("folded-conv1x1-image", lambda: _folded(InvConv1x1, 4, IMAGE), IMAGE),
     ("folded-conv1x1lu-image", lambda: _folded(InvConv1x1LU, 4, IMAGE), IMAGE),
     ("folded-conv1x1lu-vector", lambda: _folded(InvConv1x1LU, 6, VECTOR), VECTOR),
+    ("fused-pair", lambda: _folded(InvConv1x1LU, 4, IMAGE).units()[0], IMAGE),
 ]
 for kind in ("additive", "affine"):
     for scale in ("sigmoid", "exp_tanh") if kind == "affine" else ("sigmoid",):
@@ -331,6 +332,15 @@ def test_folded_actnorm_is_the_same_function_and_gradient(
     ):
         assert a.grad is not None, name
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-11, msg=name)
+
+
+def test_units_pair_each_actnorm_with_its_convolution() -> None:
+    layers = [ActNorm(4), InvConv1x1LU(4), Coupling(4, _glownet), ActNorm(4), InvConv1x1(4)]
+    units = FlowSequential(layers).units()
+    assert [type(u).__name__ for u in units] == ["FusedPair", "Coupling", "FusedPair"]
+    assert units[0].first is layers[0] and units[0].second is layers[1]
+    assert FlowSequential(layers, fuse=False).units() == layers
+    assert FlowSequential([Reverse(4), InvConv1x1(4)]).units()[0].__class__ is Reverse
 
 
 def test_folding_waits_for_actnorm_init() -> None:

@@ -15,8 +15,10 @@ memory-saving modes.
     default an inverse and a forward (:meth:`~glowlab.transforms.Transform.rebuild`), but
     for a coupling, whose kept half is the same in input and output, one evaluation of its
     network with gradients both inverts the layer and rebuilds its graph
-    (:meth:`~glowlab.transforms.Coupling.rebuild`). ``docs/benchmarks.md`` has the
-    measured step times.
+    (:meth:`~glowlab.transforms.Coupling.rebuild`). Both modes walk the flow by
+    :meth:`~glowlab.transforms.FlowSequential.units`, so an ActNorm and the 1x1 convolution
+    after it are one folded layer here too. ``docs/benchmarks.md`` has the measured step
+    times.
 
     * **Exactness.** The gradients equal standard backprop up to the error of the
       reconstruction ``inverse(forward(x))``: about ``1e-15`` relative in float64 (the tests
@@ -175,7 +177,7 @@ class _InvertibleFlow(torch.autograd.Function):
         grad_out = torch.zeros_like(out) if grad_z is None else grad_z
         grad_ld = zero_logdet(out) if grad_logdet is None else grad_logdet
         with _buffers_restored(flow):
-            for layer in reversed(flow.transforms):
+            for layer in reversed(flow.units()):
                 local = [p for p in layer.parameters() if id(p) in index]
                 ctx_in = [context] if want_context else []
                 with torch.enable_grad():
@@ -210,7 +212,7 @@ class _InvertibleFlow(torch.autograd.Function):
 # -- "checkpoint" ------------------------------------------------------------------------------
 def _run_checkpointed(flow: FlowSequential, h: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
     logdet = zero_logdet(h)
-    for layer in flow:
+    for layer in flow.units():
         if _needs_actnorm_init(layer):
             h, ld = layer(h, y)
         else:

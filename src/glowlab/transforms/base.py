@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowSequential", "Rebuilt", "Transform", "zero_logdet"]
+__all__ = ["FlowSequential", "FusedPair", "Rebuilt", "Transform", "zero_logdet"]
 
 
 def zero_logdet(x: Tensor) -> Tensor:
@@ -86,6 +86,40 @@ class Transform(nn.Module):
         """``previous.inverse(self.inverse(z))`` in one operation, or None (see above)."""
         return None
 
+    def fuses_with(self, previous: Transform) -> bool:
+        """Whether :meth:`forward_fused` can fold ``previous`` (once it is ready to)."""
+        return False
+
+
+class FusedPair(Transform):
+    """Two neighbouring layers run as one where the second can fold the first in.
+
+    What :meth:`FlowSequential.units` returns for such a pair, so that code that walks a flow
+    layer by layer (the memory-saving backward pass) runs the folded operation too. Falls
+    back to running the two layers in turn where the fold does not apply yet.
+    """
+
+    def __init__(self, first: Transform, second: Transform) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        fused = self.second.forward_fused(self.first, x, context)
+        if fused is not None:
+            return fused
+        h, logdet = self.first(x, context)
+        z, ld = self.second(h, context)
+        return z, logdet + ld
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        fused = self.second.inverse_fused(self.first, z, context)
+        if fused is not None:
+            return fused
+        h, logdet = self.second.inverse(z, context)
+        x, ld = self.first.inverse(h, context)
+        return x, logdet + ld
+
 
 class FlowSequential(Transform):
     """A composition of transforms; the log-determinants add up.
@@ -109,6 +143,18 @@ class FlowSequential(Transform):
 
     def __len__(self) -> int:
         return len(self.transforms)
+
+    def units(self) -> list[Transform]:
+        """The layers as :meth:`forward` runs them: a foldable pair as one :class:`FusedPair`."""
+        layers, units, i = list(self.transforms), [], 0
+        while i < len(layers):
+            if self.fuse and i + 1 < len(layers) and layers[i + 1].fuses_with(layers[i]):
+                units.append(FusedPair(layers[i], layers[i + 1]))
+                i += 2
+            else:
+                units.append(layers[i])
+                i += 1
+        return units
 
     def __iter__(self):  # type: ignore[override]
         return iter(self.transforms)

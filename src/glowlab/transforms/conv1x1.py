@@ -122,12 +122,14 @@ class _Conv1x1(Transform):
         return _mix(z, self.inverse_weight()), self._logdet(self._logabsdet(), z, -1.0)
 
     # -- ActNorm folded into the convolution ----------------------------------------------
+    def fuses_with(self, previous: Transform) -> bool:
+        return isinstance(previous, ActNorm) and previous.channels == self.channels
+
     def _foldable(self, previous: Transform, x: Tensor) -> bool:
         return (
-            isinstance(previous, ActNorm)
-            and previous.channels == self.channels
+            self.fuses_with(previous)
             and x.dim() in (2, 4)
-            and not (previous.training and previous.needs_init())
+            and not (previous.training and previous.needs_init())  # type: ignore[attr-defined]
         )
 
     def _fold_forward(self, actnorm: ActNorm) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md, in phases that each fit in a few minutes.
+#
+# Usage: bash benchmarks/gpu_round.sh PHASE OUT_DIR [DATA_DIR]
+#   PHASE: train | memory-sample | learning-cifar10 | learning-mnist
+#   OUT_DIR: JSON results and a log per phase go here
+#   DATA_DIR: folder with mnist/ and cifar10/ .npz files (the learning phases only)
+#
+# Runs from a source checkout with no install: PYTHONPATH points at src/. Needs torch with
+# CUDA and numpy.
+set -euo pipefail
+
+if [[ $# -lt 2 ]]; then
+    sed -n '4,8p' "$0" >&2
+    exit 2
+fi
+phase=$1
+out=$2
+data=${3:-}
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+log="$out/$phase.log"
+
+run() {
+    echo "+ $*" | tee -a "$log"
+    python3 "$root/benchmarks/$@" 2>&1 | tee -a "$log"
+}
+
+need_data() {
+    if [[ -z $data || ! -d $data ]]; then
+        echo "phase $phase needs DATA_DIR with mnist/ and cifar10/" >&2
+        exit 2
+    fi
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee -a "$log" || true
+case $phase in
+train)
+    run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256 \
+        --precisions fp32,tf32,bf16 --memory-modes standard --json "$out/train.json"
+    run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256,512 \
+        --precisions tf32,bf16 --memory-modes standard --channels-last --compile \
+        --json "$out/train-nhwc-compiled.json"
+    ;;
+memory-sample)
+    run bench_memory.py --device cuda --model glow-cifar10 --batch-sizes 256 --precision bf16 \
+        --channels-last --repeats 5 --json "$out/memory.json"
+    run bench_sample.py --device cuda --model glow-cifar10 --precision tf32 --repeats 50 \
+        --json "$out/sample-tf32.json"
+    run bench_sample.py --device cuda --model glow-cifar10 --precision bf16 --repeats 50 \
+        --json "$out/sample-bf16.json"
+    run bench_sample.py --device cuda --model glow-cifar10 --precision bf16 --compile \
+        --repeats 50 --json "$out/sample-bf16-compiled.json"
+    ;;
+learning-cifar10)
+    need_data
+    run bench_learning.py --device cuda --dataset cifar10 --data-dir "$data" \
+        --model glow-cifar10 --seconds 200 --batch-size 64 --precision bf16 --channels-last \
+        --json "$out/learning-cifar10.json"
+    ;;
+learning-mnist)
+    need_data
+    run bench_learning.py --device cuda --dataset mnist --data-dir "$data" \
+        --model glow-mnist --seconds 200 --batch-size 64 --precision bf16 --channels-last \
+        --json "$out/learning-mnist.json"
+    ;;
+*)
+    echo "unknown phase '$phase'; choose train, memory-sample, learning-cifar10 or learning-mnist" >&2
+    exit 2
+    ;;
+esac
