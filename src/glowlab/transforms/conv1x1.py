@@ -141,6 +141,16 @@ class _Conv1x1(Transform):
         weight = (-actnorm.log_scale).exp().unsqueeze(1) * self.inverse_weight()  # the rows
         return weight, actnorm.loc, actnorm.log_scale.sum() + self._logabsdet_matrix()
 
+    def _folded(
+        self, previous: Transform, x: Tensor, fold: Callable[[ActNorm], Any], sign: float
+    ) -> tuple[Tensor, Tensor] | None:
+        if not self._foldable(previous, x):
+            return None
+        check_channels(x, self.channels, type(self).__name__)
+        name = fold.__name__  # one cache entry per direction
+        weight, bias, per_position = self._cached(name, lambda: fold(previous), previous)  # type: ignore[arg-type]
+        return _mix(x, weight, bias), self._logdet(per_position, x, sign)
+
     def forward_fused(
         self, previous: Transform, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor] | None:
@@ -149,29 +159,13 @@ class _Conv1x1(Transform):
         Returns None when the pair cannot be folded (another layer, or an ActNorm that will
         initialise itself on this batch); the caller then runs the layers one by one.
         """
-        if not self._foldable(previous, x):
-            return None
-        check_channels(x, self.channels, type(self).__name__)
-        weight, bias, per_position = self._cached(
-            "fold_forward",
-            lambda: self._fold_forward(previous),
-            previous,  # type: ignore[arg-type]
-        )
-        return _mix(x, weight, bias), self._logdet(per_position, x, 1.0)
+        return self._folded(previous, x, self._fold_forward, 1.0)
 
     def inverse_fused(
         self, previous: Transform, z: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor] | None:
         """``previous.inverse(self.inverse(z))`` as one convolution (see :meth:`forward_fused`)."""
-        if not self._foldable(previous, z):
-            return None
-        check_channels(z, self.channels, type(self).__name__)
-        weight, bias, per_position = self._cached(
-            "fold_inverse",
-            lambda: self._fold_inverse(previous),
-            previous,  # type: ignore[arg-type]
-        )
-        return _mix(z, weight, bias), self._logdet(per_position, z, -1.0)
+        return self._folded(previous, z, self._fold_inverse, -1.0)
 
     def extra_repr(self) -> str:
         return f"{self.channels}"
