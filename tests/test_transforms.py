@@ -336,9 +336,17 @@ def test_folded_actnorm_is_the_same_function_and_gradient(
 
 def test_units_pair_each_actnorm_with_its_convolution() -> None:
     layers = [ActNorm(4), InvConv1x1LU(4), Coupling(4, _glownet), ActNorm(4), InvConv1x1(4)]
-    units = FlowSequential(layers).units()
+    flow = FlowSequential(layers)
+    keys = list(flow.state_dict())
+    units = flow.units()
     assert [type(u).__name__ for u in units] == ["FusedPair", "Coupling", "FusedPair"]
     assert units[0].first is layers[0] and units[0].second is layers[1]
+    assert flow.units()[0] is units[0]  # built once, not on every pass
+    assert list(flow.state_dict()) == keys and len(list(flow.modules())) == len(
+        list(FlowSequential(layers).modules())
+    )
+    flow.transforms.append(Reverse(4))
+    assert type(flow.units()[-1]) is Reverse
     assert FlowSequential(layers, fuse=False).units() == layers
     assert FlowSequential([Reverse(4), InvConv1x1(4)]).units()[0].__class__ is Reverse
 

@@ -145,47 +145,40 @@ class FlowSequential(Transform):
         return len(self.transforms)
 
     def units(self) -> list[Transform]:
-        """The layers as :meth:`forward` runs them: a foldable pair as one :class:`FusedPair`."""
-        layers, units, i = list(self.transforms), [], 0
-        while i < len(layers):
-            if self.fuse and i + 1 < len(layers) and layers[i + 1].fuses_with(layers[i]):
-                units.append(FusedPair(layers[i], layers[i + 1]))
-                i += 2
-            else:
-                units.append(layers[i])
-                i += 1
-        return units
+        """The layers as :meth:`forward` runs them: a foldable pair as one :class:`FusedPair`.
+
+        Built again only when ``fuse`` or the layers change, and kept outside the module tree
+        (a plain tuple), so ``state_dict`` and ``modules()`` see only ``transforms``.
+        """
+        key = (self.fuse, tuple(map(id, self.transforms)))
+        cached = self.__dict__.get("_units")
+        if cached is None or cached[0] != key:
+            layers, units, i = list(self.transforms), [], 0
+            while i < len(layers):
+                if self.fuse and i + 1 < len(layers) and layers[i + 1].fuses_with(layers[i]):
+                    units.append(FusedPair(layers[i], layers[i + 1]))
+                    i += 2
+                else:
+                    units.append(layers[i])
+                    i += 1
+            cached = (key, tuple(units))
+            self.__dict__["_units"] = cached
+        return list(cached[1])
 
     def __iter__(self):  # type: ignore[override]
         return iter(self.transforms)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(x)
-        layers, i = self.transforms, 0
-        while i < len(layers):
-            fused = None
-            if self.fuse and i + 1 < len(layers):
-                fused = layers[i + 1].forward_fused(layers[i], x, context)
-            if fused is None:
-                x, ld = layers[i](x, context)
-                i += 1
-            else:
-                (x, ld), i = fused, i + 2
+        for unit in self.units():
+            x, ld = unit(x, context)
             logdet = logdet + ld
         return x, logdet
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(z)
-        layers, i = self.transforms, len(self.transforms) - 1
-        while i >= 0:
-            fused = None
-            if self.fuse and i >= 1:
-                fused = layers[i].inverse_fused(layers[i - 1], z, context)
-            if fused is None:
-                z, ld = layers[i].inverse(z, context)
-                i -= 1
-            else:
-                (z, ld), i = fused, i - 2
+        for unit in reversed(self.units()):
+            z, ld = unit.inverse(z, context)
             logdet = logdet + ld
         return z, logdet
 
