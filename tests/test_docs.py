@@ -24,6 +24,7 @@ MODULES = [
     "glowlab.models.realnvp",
     "glowlab.models.nice",
     "glowlab.metrics",
+    "glowlab.optim",
     "glowlab.data.augment",
     "glowlab.data.base",
     "glowlab.data.digits",

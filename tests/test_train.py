@@ -409,14 +409,38 @@ def test_a_non_finite_step_is_rejected_without_an_update(tmp_path: Path) -> None
     trainer = Trainer(_digits("train.steps=3"), tmp_path)
     _poison(trainer, {1})
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    assert trainer.train_step() is None
-    assert trainer.state.step == 0
+    ema_before = [p.clone() for p in trainer.ema.parameters()]
+    assert not bool(trainer.train_step()["applied"])
+    assert trainer.state.step == 1  # the step counts, with no update
     for p, q in zip(trainer.model.parameters(), before, strict=True):
         assert torch.equal(p, q)
-    assert not trainer.optimizer.state  # the optimizer never stepped
+    for p, q in zip(trainer.ema.parameters(), ema_before, strict=True):
+        assert torch.equal(p, q)
+    state = trainer.optimizer.state[trainer.params[0]]
+    assert float(state["step"]) == 0 and not state["exp_avg"].any()
     assert trainer._running_stats == []  # Glow: nothing to save around a step
-    trainer.train_step()
-    assert trainer.state.step == 1 and trainer.optimizer.state
+    assert bool(trainer.train_step()["applied"])
+    assert trainer.state.step == 2 and float(state["step"]) == 1
+
+
+def test_training_steps_read_nothing_back_between_log_intervals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The non-finite guard, the EMA and the logged sums stay on the device: no tensor
+    becomes a Python value inside a step (on a GPU each would wait for the step to end)."""
+    torch.set_default_dtype(torch.float32)
+    trainer = Trainer(_digits("train.steps=4", "optim.grad_clip=1.0"), tmp_path)
+    _poison(trainer, {2})
+    trainer.train_step()  # the first step makes the optimizer's buffers
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a host read-back inside a training step")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    applied = [trainer.train_step()["applied"] for _ in range(3)]
+    monkeypatch.undo()
+    assert [bool(a) for a in applied] == [False, True, True]
 
 
 def test_a_rejected_step_keeps_the_batch_norm_statistics(tmp_path: Path) -> None:
@@ -439,11 +463,11 @@ def test_a_rejected_step_keeps_the_batch_norm_statistics(tmp_path: Path) -> None
         return x, y
 
     trainer._next_batch = non_finite_batch  # type: ignore[method-assign]
-    assert trainer.train_step() is None
+    assert not bool(trainer.train_step()["applied"])
     for buffer, saved in zip(stats, before, strict=True):
         assert torch.equal(buffer, saved)
     trainer._next_batch = next_batch  # type: ignore[method-assign]
-    assert trainer.train_step() is not None  # the EMA copies the statistics
+    assert bool(trainer.train_step()["applied"])  # the EMA copies the statistics
     assert math.isfinite(trainer.evaluate().bpd)
 
 
@@ -451,16 +475,20 @@ def test_repeated_failures_roll_back_with_a_lower_learning_rate(tmp_path: Path) 
     torch.set_default_dtype(torch.float32)
     config = _digits("train.steps=8", "train.checkpoint_every=2", "train.nan_patience=2")
     trainer = Trainer(config, tmp_path)
-    _poison(trainer, {3, 6, 7})  # call 3 is a lone failure; calls 6 and 7 trigger a rollback
+    # Step 3 is a lone failure; steps 5 and 6 are two in a row, found at the check after
+    # step 6 (a checkpoint boundary), which rolls back to the checkpoint of step 4.
+    _poison(trainer, {3, 5, 6})
     result = trainer.fit()
     assert result["step"] == 8 and trainer.state.rollbacks == 1 and trainer.state.lr_scale == 0.5
-    events = [r["message"] for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
-    rejected = [m for m in events if m.startswith("rejected step")]
-    assert len(rejected) == 3 and "no update" in rejected[0]
-    rollback = [m for m in events if m.startswith("rolled back")]
+    assert trainer.state.rejected == 3
+    events = [r for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
+    rejected = [r for r in events if r["message"].startswith("rejected step")]
+    assert [r["step"] for r in rejected] == [3, 5, 6]
+    assert "no update" in rejected[0]["message"] and "(2 in a row)" in rejected[2]["message"]
+    rollback = [r["message"] for r in events if r["message"].startswith("rolled back")]
     assert len(rollback) == 1
     assert (
-        "to the checkpoint at step 4" in rollback[0]
+        "rolled back from step 6 to the checkpoint at step 4" in rollback[0]
         and "learning rate scaled by 0.5" in rollback[0]
     )
     train = [r for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "train"]

@@ -119,7 +119,9 @@ class OptimConfig:
 class LoopConfig:
     """Length of the run, batch sizes, and how often to log, evaluate, sample and save."""
 
-    steps: int = _field(1000, "number of optimizer steps")
+    steps: int = _field(
+        1000, "number of training steps (a rejected non-finite step counts, with no update)"
+    )
     batch_size: int = _field(
         64, "training batch size, over all processes (under torchrun each takes its share)"
     )

@@ -1,6 +1,6 @@
 """The training log: one JSON object per line, mirrored to TensorBoard when it is installed.
 
-Every record has ``kind`` (``"train"``, ``"eval"`` or ``"event"``), ``step`` (optimizer
+Every record has ``kind`` (``"train"``, ``"eval"`` or ``"event"``), ``step`` (training
 steps taken so far) and ``time`` (seconds since the epoch). See ``docs/training.md`` for the
 fields of each kind.
 """

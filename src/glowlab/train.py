@@ -2,8 +2,9 @@
 
 It reads top to bottom: setup (device, seeds, run folder), data (whole datasets as uint8
 tensors, on the GPU when they fit), model (built from the config, ActNorm initialized on a
-larger first batch), optimizer (Adam, AdamW or Adamax with linear warmup, gradient clipping
-and Polyak/EMA weights), then the loop (one step, logging, evaluation, samples, checkpoints).
+larger first batch), optimizer (:mod:`glowlab.optim`'s Adam, AdamW or Adamax with linear
+warmup, gradient clipping and Polyak/EMA weights), then the loop (one step, logging,
+evaluation, samples, checkpoints).
 
 The loss is the negative log-likelihood in bits per dimension, logged as three terms::
 
@@ -15,12 +16,15 @@ where ``D = C*H*W`` and ``n_bits`` is the dequantization constant ``D log(2**n_b
 log 2)``; see :func:`glowlab.metrics.bits_per_dim_from_log_prob`. A class-conditional model
 adds ``class_weight * cross_entropy`` (nats) to the objective (Glow's ``ycond``).
 
-Robustness: a step whose loss or gradient norm is not finite is rejected (the optimizer does
-not step, and the running statistics that batch normalization updated in its forward pass
-are put back) and logged; after ``nan_patience`` rejections in a row the run rolls back to
-its last checkpoint with the learning rate scaled by ``rollback_lr_factor``, and after
-``max_rollbacks`` rollbacks it stops with :class:`TrainingError`. Checking finiteness is the
-one host synchronisation per step; everything else is read back only at log intervals.
+Robustness: a step whose loss or gradient is not finite is rejected: the weights, the
+optimizer state, the EMA and the running statistics that batch normalization updated in its
+forward pass keep their values. The decision is taken on the device by
+:mod:`glowlab.optim`, so a step reads nothing back to the host; the loop reads the
+decisions of the steps since the last check once per log interval (and before any
+evaluation, sample grid or checkpoint), logs each rejected step, and after ``nan_patience``
+rejections in a row rolls back to its last checkpoint with the learning rate scaled by
+``rollback_lr_factor``; after ``max_rollbacks`` rollbacks it stops with
+:class:`TrainingError`. A rejected step still counts as a step.
 
 Exact resume: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``, and a
 checkpoint stores the position in it along with every RNG state, so on the CPU a resumed
@@ -90,6 +94,7 @@ from .errors import GlowlabError
 from .images import make_grid, save_png
 from .metrics import dequantize, quantize
 from .models import FlowModel
+from .optim import build_optimizer
 from .runlog import RunLog
 from .speed import autocast, channels_last_input, compile_flow_steps, set_tf32, to_channels_last
 from .transforms.normalization import BatchNormFlow
@@ -105,7 +110,7 @@ class TrainingError(GlowlabError, RuntimeError):
 class TrainState:
     """Progress of a run; saved in every checkpoint's manifest."""
 
-    step: int = 0  # optimizer steps taken
+    step: int = 0  # training steps taken (a rejected one counts, with no update)
     epoch: int = 0  # current pass over the training set
     position: int = 0  # index of the next batch's first image in this epoch's order
     lr_scale: float = 1.0  # product of the rollback factors applied so far
@@ -222,26 +227,18 @@ class Trainer:
         # running statistics): saved before each step and put back when it is rejected.
         # Only these, not every buffer: copying Glow's many constant ones each step would
         # cost a kernel launch apiece.
-        self._running_stats = [
-            buffer
-            for module in self.model.modules()
-            if isinstance(module, BatchNormFlow | _BatchNorm)
-            for buffer in module.buffers(recurse=False)
-        ]
+        self._running_stats = _running_stats(self.model)
         self.ema: FlowModel | None = None  # created after the ActNorm init
         if self.device.type == "cuda":
             set_tf32(config.train.precision == "tf32")  # fp32 means no TF32 anywhere
 
         # -- optimizer -----------------------------------------------------------------
+        # glowlab's Adam, AdamW and Adamax: torch.optim's rules, but a step can be skipped
+        # on the device, so the non-finite guard needs no host synchronisation.
         o = config.optim
-        optimizer_class = {
-            "adam": torch.optim.Adam,
-            "adamw": torch.optim.AdamW,
-            "adamax": torch.optim.Adamax,
-        }[o.name]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = optimizer_class(
-            self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        self.optimizer = build_optimizer(
+            o.name, self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
         )
 
         # -- restore and logging -------------------------------------------------------
@@ -365,16 +362,24 @@ class Trainer:
         return sum(p.numel() for p in self.params)
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, applied: Tensor) -> None:
+        """Move the average towards the weights, unless the step was rejected (on the device)."""
         if self.ema is None or self.config.optim.ema_decay is None:
             return
         # Short runs start from a faster average: decay grows as (1 + t) / (10 + t).
         t = self.state.step
         decay = min(self.config.optim.ema_decay, (1 + t) / (10 + t))
-        ema_params = [p for p in self.ema.parameters()]
-        torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1 - decay)
-        for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        weight = applied.to(self.dtype) * (1 - decay)
+        ema_params = list(self.ema.parameters())
+        # ema += weight * (p - ema): exact for weight 0; a foreach lerp would read the
+        # tensor weight back to the host.
+        change = torch._foreach_sub([p.detach() for p in self.model.parameters()], ema_params)
+        torch._foreach_mul_(change, weight)
+        torch._foreach_add_(ema_params, change)
+        # The buffers that training changes (the ActNorm init flags were copied with the
+        # model, and the rest are constants).
+        if self._running_stats:
+            torch._foreach_copy_(_running_stats(self.ema), self._running_stats)
 
     # -- optimizer -----------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
@@ -402,8 +407,16 @@ class Trainer:
             terms["loss"] = bpd + self.config.train.class_weight * ce
         return terms
 
-    def train_step(self) -> dict[str, Tensor] | None:
-        """One step on the next batch; returns its terms, or None if it was rejected."""
+    def train_step(self) -> dict[str, Tensor]:
+        """One step on the next batch; returns its terms (0-dim device tensors).
+
+        ``terms["applied"]`` says whether the update was applied: it is False when the loss
+        or a gradient was not finite, and then the weights, the optimizer state, the batch
+        normalization statistics and the EMA keep their values. The decision is taken on
+        the device: nothing is read back to the host, so the next step can be queued while
+        this one runs. The step counts either way (``state.step``); :meth:`fit` reads the
+        decisions back at its log intervals.
+        """
         x, y = self._next_batch()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.state.step)
@@ -412,32 +425,27 @@ class Trainer:
         terms = self.loss_terms(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        clip = self.config.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, clip if clip is not None else math.inf
-        )
-        terms["grad_norm"] = grad_norm
+        terms["grad_norm"] = self.optimizer.clip_grad_norm_(self.config.optim.grad_clip)
         terms = {k: v.detach() for k, v in terms.items()}
-        finite = torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm)
+        finite = torch.isfinite(terms["loss"])  # the optimizer checks the gradients
         if self.ctx.distributed:
             # One all-reduce: the global-batch means of the terms, and whether every process
-            # saw a finite step (the gradients are already averaged: grad_norm agrees).
+            # saw a finite loss (the gradients are already averaged, so every process sees
+            # the same ones).
             names = list(terms)
             packed = torch.stack([*(terms[k].double() for k in names), finite.double()])
             packed = all_reduce_mean(packed)
             terms = dict(zip(names, packed[:-1].unbind(), strict=True))
             finite = packed[-1] == 1
-        if not bool(finite):
-            self.optimizer.zero_grad(set_to_none=True)
-            if saved_stats is not None:  # the forward pass already moved them towards NaN
-                with torch.no_grad():
-                    for buffer, saved in zip(self._running_stats, saved_stats, strict=True):
-                        buffer.copy_(saved)
-            return None
-        self.optimizer.step()
+        applied = self.optimizer.step(valid=finite)
+        if saved_stats is not None:  # the forward pass moved them, towards NaN if rejected
+            with torch.no_grad():
+                for buffer, saved in zip(self._running_stats, saved_stats, strict=True):
+                    buffer.copy_(torch.where(applied, buffer, saved))
+        self._update_ema(applied)
         self.state.step += 1
         self.state.images_seen += self.config.train.batch_size
-        self._update_ema()
+        terms["applied"] = applied
         return terms
 
     def fit(self) -> dict[str, Any]:
@@ -448,35 +456,52 @@ class Trainer:
         if self.model.conditional:
             names.append("class_ce")
         sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
+        pending: list[Tensor] = []  # whether each step since the last check was applied
         count, failures = 0, 0
         t_log = time.perf_counter()
         t_start, elapsed0 = t_log, self.state.elapsed_s
         try:
             while self.state.step < c.steps:
-                step_before = self.state.step
                 terms = self.train_step()
-                if terms is None:
-                    failures += 1
-                    self.state.rejected += 1
-                    self.log.event(
-                        step_before,
-                        f"rejected step {step_before + 1}: non-finite loss or gradient "
-                        f"({failures} in a row); no update",
-                        rejected=True,
-                    )
-                    if failures >= c.nan_patience:
-                        self._rollback(failures)
-                        failures, count = 0, 0
-                        sums.zero_()
-                        t_log = time.perf_counter()
-                    continue
-                failures = 0
-                sums += torch.stack([terms[k] for k in names]).to(torch.float64)
-                count += 1
+                applied = terms["applied"]
+                values = torch.stack([terms[k] for k in names]).to(torch.float64)
+                sums += torch.where(applied, values, 0.0)  # a rejected step's terms are NaN
+                pending.append(applied)
                 step = self.state.step
                 if bar is not None:
                     bar.update(1)
-                if step % c.log_every == 0 or step == c.steps:
+                boundary = step == c.steps or any(
+                    every and step % every == 0
+                    for every in (c.log_every, c.eval_every, c.sample_every, c.checkpoint_every)
+                )
+                if not boundary:
+                    continue
+                # The one host synchronisation in a log interval: which steps were applied.
+                flags = torch.stack(pending).tolist()
+                first = step - len(flags) + 1
+                pending = []
+                run = failures
+                for offset, ok in enumerate(flags):
+                    if ok:
+                        count, failures = count + 1, 0
+                        continue
+                    failures += 1
+                    run = max(run, failures)
+                    self.state.rejected += 1
+                    self.state.images_seen -= c.batch_size
+                    self.log.event(
+                        first + offset,
+                        f"rejected step {first + offset}: non-finite loss or gradient "
+                        f"({failures} in a row); no update",
+                        rejected=True,
+                    )
+                if run >= c.nan_patience:
+                    self._rollback(run)
+                    failures, count = 0, 0
+                    sums.zero_()
+                    t_log = time.perf_counter()
+                    continue
+                if (step % c.log_every == 0 or step == c.steps) and count:
                     now = time.perf_counter()
                     values = (sums / count).tolist()
                     record = dict(zip(names, values, strict=True))
@@ -875,6 +900,16 @@ class _SilentLog:
 
     def close(self) -> None:
         pass
+
+
+def _running_stats(model: nn.Module) -> list[Tensor]:
+    """The buffers that a training-mode forward pass updates: batch normalization's."""
+    return [
+        buffer
+        for module in model.modules()
+        if isinstance(module, BatchNormFlow | _BatchNorm)
+        for buffer in module.buffers(recurse=False)
+    ]
 
 
 def _seed_everything(seed: int) -> None:
