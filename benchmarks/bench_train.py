@@ -1,6 +1,9 @@
 """Training throughput: images/s per batch size, precision and memory mode.
 
-One training step is forward, backward and an Adamax update on random 8-bit images. The
+One training step is forward, backward and an Adamax update on random 8-bit images, by
+default the Trainer's (``glowlab.optim.Adamax``: the update is applied only if the loss and
+the gradients are finite, decided on the device); ``--optimizer torch`` times
+``torch.optim.Adamax``'s unconditional update instead. The
 achieved TFLOP/s is the FLOP count of one standard fp32 step (matmuls and convolutions, by
 ``torch.utils.flop_counter.FlopCounterMode``) divided by the measured step time, so the
 memory-saving modes, which recompute, are charged only for the model's useful work. The
@@ -42,6 +45,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from glowlab.models.base import FlowModel
+from glowlab.optim import Adamax, FlatOptimizer
 
 
 def bits_per_dim_loss(model: FlowModel, x: Tensor) -> Tensor:
@@ -53,11 +57,17 @@ def bits_per_dim_loss(model: FlowModel, x: Tensor) -> Tensor:
 def training_step(
     model: FlowModel, optimizer: torch.optim.Optimizer, x: Tensor, precision: str
 ) -> Callable[[], None]:
+    guarded = isinstance(optimizer, FlatOptimizer)
+
     def step() -> None:
         with precision_context(precision, model):
             loss = bits_per_dim_loss(model, x)
         loss.backward()
-        optimizer.step()
+        if guarded:  # as the Trainer steps: gradient norm, then a device-side decision
+            optimizer.clip_grad_norm_()
+            optimizer.step(valid=torch.isfinite(loss.detach()))
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
@@ -87,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         help="fp32, tf32 (CUDA), bf16; default: fp32 on CPU, all three on CUDA",
     )
     parser.add_argument("--memory-modes", type=csv_list(str), default=list(MEMORY_MODES))
+    parser.add_argument(
+        "--optimizer",
+        choices=["glowlab", "torch"],
+        default="glowlab",
+        help="glowlab: the Trainer's guarded Adamax (default); torch: torch.optim.Adamax",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per setting (median)")
     parser.add_argument(
@@ -111,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(args.model, device)
     model.train()
-    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
+    optimizer_class = Adamax if args.optimizer == "glowlab" else torch.optim.Adamax
+    optimizer = optimizer_class(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         model.log_prob(random_images(model.image_shape, batch_sizes[0], device, generator))

@@ -2,7 +2,7 @@
 # The GPU measurements of docs/benchmarks.md, in phases that each fit in a few minutes.
 #
 # Usage: bash benchmarks/gpu_round.sh PHASE OUT_DIR [DATA_DIR]
-#   PHASE: train | memory-sample | learning-cifar10 | learning-mnist
+#   PHASE: tests | train | memory-sample | learning-cifar10 | learning-mnist
 #   OUT_DIR: JSON results and a log per phase go here
 #   DATA_DIR: folder with mnist/ and cifar10/ .npz files (the learning phases only)
 #
@@ -36,6 +36,10 @@ need_data() {
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee -a "$log" || true
 case $phase in
+tests)
+    # The whole suite, with the CUDA tests that the CPU skips (no host sync in a step, ...).
+    (cd "$root" && python3 -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee -a "$log")
+    ;;
 train)
     run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256 \
         --precisions fp32,tf32,bf16 --memory-modes standard --json "$out/train.json"
@@ -66,7 +70,7 @@ learning-mnist)
         --json "$out/learning-mnist.json"
     ;;
 *)
-    echo "unknown phase '$phase'; choose train, memory-sample, learning-cifar10 or learning-mnist" >&2
+    echo "unknown phase '$phase'; choose tests, train, memory-sample, learning-cifar10 or learning-mnist" >&2
     exit 2
     ;;
 esac

@@ -57,6 +57,15 @@ def test_bench_sample(tmp_path: Path) -> None:
     assert result["channels_last"] is False
 
 
+def test_bench_optim(tmp_path: Path) -> None:
+    result = _run(
+        "bench_optim", tmp_path, "--model", "small-mnist", "--warmup", "0", "--repeats", "2"
+    )
+    names = [r["optimizer"] for r in result["results"]]
+    assert names == ["torch.optim.Adamax", "glowlab Adamax", "glowlab Adamax, guarded"]
+    assert all(r["step_ms"] > 0 for r in result["results"]) and result["parameters"] > 0
+
+
 def test_bench_learning(tmp_path: Path, shared_data: Path) -> None:
     result = _run(
         "bench_learning", tmp_path, "--dataset", "mnist", "--data-dir", str(shared_data),
@@ -66,3 +75,4 @@ def test_bench_learning(tmp_path: Path, shared_data: Path) -> None:
     row = result["results"][0]
     assert row["steps"] % 2 == 0 and row["steps"] >= 2 and row["train_seconds"] >= 0.5
     assert row["test_images"] == 20 and 0 < row["test_bpd"] < 16
+    assert row["rejected_steps"] == 0

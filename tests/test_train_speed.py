@@ -134,3 +134,21 @@ def test_global_batch_must_split_evenly(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(glowlab.train, "_process_context", lambda device: three)
     with pytest.raises(ValueError, match=r"batch over all 3 processes.*multiple"):
         Trainer(_config("train.batch_size=32"), tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("memory_mode", ["standard", "invertible", "checkpoint"])
+def test_a_cuda_training_step_does_not_synchronise(tmp_path: Path, memory_mode: str) -> None:
+    """CUDA raises on any host synchronisation inside the steps (the data is on the GPU)."""
+    config = _config(
+        "device=cuda", "optim.grad_clip=1.0", f"train.memory_mode={memory_mode}", "train.steps=4"
+    )
+    trainer = Trainer(config, tmp_path)
+    trainer.train_step()  # the first step makes the optimizer's buffers
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        applied = [trainer.train_step()["applied"] for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(bool(a) for a in applied)

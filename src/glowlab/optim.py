@@ -21,8 +21,8 @@ copy) and its state lives in flat buffers too, so the update is a few element-wi
 over all parameters rather than one per parameter, and a candidate update can be committed
 with ``lerp(old, new, ok)``, which returns ``old`` or ``new`` exactly for ``ok`` in {0, 1}.
 The gradients are made finite first (``nan_to_num``) so that a rejected candidate holds no
-NaN to leak through the blend. The cost is memory: two parameter-sized buffers beside the
-state (the gathered gradients and the parameter change) and the update's temporaries.
+NaN to leak through the blend. The cost is memory: four parameter-sized buffers beside the
+state (the gathered gradients, the parameter change and two for the candidate moments).
 
 The update rules are those of :mod:`torch.optim` (``tests/test_optim.py`` compares them in
 float64 over several steps, with weight decay and clipping), and ``state_dict`` has the same
@@ -175,15 +175,20 @@ class FlatOptimizer(torch.optim.Optimizer):
                 factor = 1 - (lr * wd) * ok.to(g.dtype)
             torch._foreach_mul_(flat.params, factor)
         step = flat.step + 1  # the candidate's step count, >= 1 even after rejections
+        weight = None if ok is None else ok.to(g.dtype)
         state = flat.state
         first, second = self._candidate(
-            g, state["exp_avg"], state[self._second], step, group, out=flat.delta
+            g,
+            state["exp_avg"],
+            state[self._second],
+            step,
+            group,
+            scratch=flat.scratch,
+            out=flat.delta,
+            gain=1.0 if weight is None else weight,
         )
-        weight = None if ok is None else ok.to(g.dtype)
         _commit(state["exp_avg"], first, weight)
         _commit(state[self._second], second, weight)
-        if weight is not None:
-            flat.delta.mul_(weight)
         torch._foreach_add_(flat.params, flat.delta_views)
         flat.step.add_(1 if ok is None else ok.to(flat.step.dtype))
 
@@ -196,10 +201,13 @@ class FlatOptimizer(torch.optim.Optimizer):
         second: Tensor,
         step: Tensor,
         group: dict[str, Any],
+        scratch: tuple[Tensor, Tensor],
         out: Tensor,
+        gain: Tensor | float,
     ) -> tuple[Tensor, Tensor]:
-        """New first and second moments, without committing them; the parameter change
-        goes to ``out``. ``step`` is the step count the update would reach (>= 1)."""
+        """New first and second moments (in the ``scratch`` buffers), not yet committed, and
+        the parameter change times ``gain`` in ``out``. ``step`` is the step count the
+        update would reach (>= 1). ``g`` may be overwritten."""
         raise NotImplementedError
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -261,14 +269,14 @@ class Adam(FlatOptimizer):
         (False, [1.0, 1.0, 1.0])
     """
 
-    def _candidate(self, g, exp_avg, second, step, group, out):  # type: ignore[no-untyped-def]
+    def _candidate(self, g, exp_avg, second, step, group, scratch, out, gain):  # type: ignore[no-untyped-def]
         beta1, beta2 = group["betas"]
-        first = torch.lerp(exp_avg, g, 1 - beta1)
-        second = second.mul(beta2).addcmul_(g, g, value=1 - beta2)
+        first = torch.lerp(exp_avg, g, 1 - beta1, out=scratch[0])
+        second = torch.mul(second, beta2, out=scratch[1]).addcmul_(g, g, value=1 - beta2)
         bias1 = 1 - torch.pow(beta1, step)
         bias2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
-        denom = (second.sqrt() / bias2_sqrt).add_(group["eps"])
-        torch.div(first, denom, out=out).mul_(-group["lr"] / bias1)
+        denom = torch.sqrt(second, out=out).div_(bias2_sqrt).add_(group["eps"])
+        torch.div(first, denom, out=out).mul_((-group["lr"] / bias1) * gain)
         return first, second
 
 
@@ -306,12 +314,13 @@ class Adamax(FlatOptimizer):
     ) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
-    def _candidate(self, g, exp_avg, second, step, group, out):  # type: ignore[no-untyped-def]
+    def _candidate(self, g, exp_avg, second, step, group, scratch, out, gain):  # type: ignore[no-untyped-def]
         beta1, beta2 = group["betas"]
-        first = torch.lerp(exp_avg, g, 1 - beta1)
-        second = torch.maximum(second * beta2, g.abs().add_(group["eps"]))
+        first = torch.lerp(exp_avg, g, 1 - beta1, out=scratch[0])
+        second = torch.mul(second, beta2, out=scratch[1])
+        torch.maximum(second, g.abs_().add_(group["eps"]), out=second)
         bias1 = 1 - torch.pow(beta1, step)
-        torch.div(first, second, out=out).mul_(-group["lr"] / bias1)
+        torch.div(first, second, out=out).mul_((-group["lr"] / bias1) * gain)
         return first, second
 
 
@@ -361,6 +370,9 @@ class _FlatGroup:
         self.grad_views = self.views_of(self.grad)
         self.delta = torch.zeros(total, device=ref.device, dtype=ref.dtype)
         self.delta_views = self.views_of(self.delta)
+        # Kept rather than allocated per step: on the CPU, large allocations are fresh
+        # pages each time, and faulting them in cost as much as the arithmetic.
+        self.scratch = (torch.empty_like(self.delta), torch.empty_like(self.delta))
         self.state = {
             name: torch.zeros(total, device=ref.device, dtype=ref.dtype)
             for name in ("exp_avg", *second)
