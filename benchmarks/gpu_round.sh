@@ -56,6 +56,7 @@ memory-sample)
         --json "$out/sample-bf16.json"
     run bench_sample.py --device cuda --model glow-cifar10 --precision bf16 --compile \
         --repeats 50 --json "$out/sample-bf16-compiled.json"
+    run bench_optim.py --device cuda --model glow-cifar10 --json "$out/optim.json"
     ;;
 learning-cifar10)
     need_data
