@@ -197,7 +197,10 @@ class InvConv1x1(_Conv1x1):
         return self.weight
 
     def _compute_inverse(self) -> Tensor:
-        return torch.linalg.inv(self.weight)
+        # inv_ex: linalg.inv would read its error flag back to the host (a synchronisation
+        # in every memory-saving backward pass); a singular W gives non-finite values, which
+        # the training step's non-finite guard rejects.
+        return torch.linalg.inv_ex(self.weight).inverse
 
     def _logabsdet_matrix(self) -> Tensor:
         return torch.linalg.slogdet(self.weight).logabsdet
