@@ -442,9 +442,9 @@ class Trainer:
             with torch.no_grad():
                 for buffer, saved in zip(self._running_stats, saved_stats, strict=True):
                     buffer.copy_(torch.where(applied, buffer, saved))
-        self._update_ema(applied)
         self.state.step += 1
         self.state.images_seen += self.config.train.batch_size
+        self._update_ema(applied)
         terms["applied"] = applied
         return terms
 
