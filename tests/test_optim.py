@@ -38,16 +38,21 @@ def _random_grads(params: list[nn.Parameter], scale: float = 1.0) -> list[Tensor
     return [scale * torch.randn_like(p) for p in params]
 
 
+def _step_both(ours: list, theirs: list, opt: FlatOptimizer, ref: object) -> None:
+    """One unguarded step of each optimizer on the same random gradients."""
+    grads = _random_grads(ours)
+    _set_grads(ours, grads)
+    _set_grads(theirs, grads)
+    opt.step()
+    ref.step()  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("cls", [Adam, AdamW, Adamax])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_updates_equal_torch_optim(cls: type[FlatOptimizer], weight_decay: float) -> None:
     ours, theirs, opt, ref = _pair(cls, weight_decay=weight_decay)
     for _ in range(6):
-        grads = _random_grads(ours)
-        _set_grads(ours, grads)
-        _set_grads(theirs, grads)
-        opt.step()
-        ref.step()  # type: ignore[attr-defined]
+        _step_both(ours, theirs, opt, ref)
         for p, q in zip(ours, theirs, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
     assert ours[0].is_contiguous(memory_format=torch.channels_last)  # the layout is kept
@@ -132,11 +137,7 @@ def test_unguarded_step_applies_whatever_the_gradient_is() -> None:
 def test_state_moves_between_glowlab_and_torch(cls: type[FlatOptimizer]) -> None:
     ours, theirs, opt, ref = _pair(cls, weight_decay=0.01)
     for _ in range(3):
-        grads = _random_grads(ours)
-        _set_grads(ours, grads)
-        _set_grads(theirs, grads)
-        opt.step()
-        ref.step()  # type: ignore[attr-defined]
+        _step_both(ours, theirs, opt, ref)
 
     def through_file(state: dict) -> dict:
         buffer = io.BytesIO()

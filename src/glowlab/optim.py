@@ -53,19 +53,27 @@ class FlatOptimizer(torch.optim.Optimizer):
     """Base of :class:`Adam`, :class:`AdamW` and :class:`Adamax`: flat state, guarded steps.
 
     Subclasses name their second moment (``_second``) and compute a candidate update in
-    :meth:`_candidate`; this class gathers gradients, clips, guards and commits.
+    :meth:`_candidate`; this class gathers gradients, clips, guards and commits. ``lr`` and
+    ``weight_decay`` default to torch.optim's for the class (``default_lr``,
+    ``default_weight_decay``: 1e-3 and 0, AdamW's decay 1e-2, Adamax's rate 2e-3).
     """
 
     _second = "exp_avg_sq"
+    _decoupled = False  # weight decay: L2 (added to the gradient), or decoupled (AdamW)
+    # torch.optim's defaults, which a class may change (AdamW: decay; Adamax: rate).
+    default_lr = 1e-3
+    default_weight_decay = 0.0
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        lr: float | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
     ) -> None:
+        lr = self.default_lr if lr is None else lr
+        weight_decay = self.default_weight_decay if weight_decay is None else weight_decay
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"invalid learning rate {lr}: need a finite lr >= 0")
         if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
@@ -192,8 +200,6 @@ class FlatOptimizer(torch.optim.Optimizer):
         torch._foreach_add_(flat.params, flat.delta_views)
         flat.step.add_(1 if ok is None else ok.to(flat.step.dtype))
 
-    _decoupled = False
-
     def _candidate(
         self,
         g: Tensor,
@@ -284,16 +290,7 @@ class AdamW(Adam):
     """AdamW (``torch.optim.AdamW``'s rule: decoupled weight decay) with device-side skipping."""
 
     _decoupled = True
-
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    default_weight_decay = 1e-2
 
 
 class Adamax(FlatOptimizer):
@@ -303,16 +300,7 @@ class Adamax(FlatOptimizer):
     """
 
     _second = "exp_inf"
-
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 2e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    default_lr = 2e-3
 
     def _candidate(self, g, exp_avg, second, step, group, scratch, out, gain):  # type: ignore[no-untyped-def]
         beta1, beta2 = group["betas"]
