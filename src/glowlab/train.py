@@ -500,6 +500,9 @@ class Trainer:
                     failures, count = 0, 0
                     sums.zero_()
                     t_log = time.perf_counter()
+                    if bar is not None:  # back to the checkpoint's step
+                        bar.n = self.state.step
+                        bar.refresh()
                     continue
                 if (step % c.log_every == 0 or step == c.steps) and count:
                     now = time.perf_counter()
