@@ -21,8 +21,9 @@ copy) and its state lives in flat buffers too, so the update is a few element-wi
 over all parameters rather than one per parameter, and a candidate update can be committed
 with ``lerp(old, new, ok)``, which returns ``old`` or ``new`` exactly for ``ok`` in {0, 1}.
 The gradients are made finite first (``nan_to_num``) so that a rejected candidate holds no
-NaN to leak through the blend. The cost is memory: four parameter-sized buffers beside the
-state (the gathered gradients, the parameter change and two for the candidate moments).
+NaN to leak through the blend. The cost is memory: one parameter-sized buffer beside the
+state for the gathered gradients (which then holds the parameter change), and two for the
+candidate moments, kept between steps on the CPU and allocated only during a step on CUDA.
 
 The update rules are those of :mod:`torch.optim` (``tests/test_optim.py`` compares them in
 float64 over several steps, with weight decay and clipping), and ``state_dict`` has the same
@@ -191,13 +192,13 @@ class FlatOptimizer(torch.optim.Optimizer):
             state[self._second],
             step,
             group,
-            scratch=flat.scratch,
-            out=flat.delta,
+            scratch=flat.scratch(),
+            out=g,  # the gradients are spent by then: the change takes their buffer
             gain=1.0 if weight is None else weight,
         )
         _commit(state["exp_avg"], first, weight)
         _commit(state[self._second], second, weight)
-        torch._foreach_add_(flat.params, flat.delta_views)
+        torch._foreach_add_(flat.params, flat.grad_views)
         flat.step.add_(1 if ok is None else ok.to(flat.step.dtype))
 
     def _candidate(
@@ -212,8 +213,8 @@ class FlatOptimizer(torch.optim.Optimizer):
         gain: Tensor | float,
     ) -> tuple[Tensor, Tensor]:
         """New first and second moments (in the ``scratch`` buffers), not yet committed, and
-        the parameter change times ``gain`` in ``out``. ``step`` is the step count the
-        update would reach (>= 1). ``g`` may be overwritten."""
+        the parameter change times ``gain`` in ``out``, which may be ``g``'s buffer.
+        ``step`` is the step count the update would reach (>= 1)."""
         raise NotImplementedError
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -356,11 +357,13 @@ class _FlatGroup:
         total = sum(p.numel() for p in self.params)
         self.grad = torch.zeros(total, device=ref.device, dtype=ref.dtype)
         self.grad_views = self.views_of(self.grad)
-        self.delta = torch.zeros(total, device=ref.device, dtype=ref.dtype)
-        self.delta_views = self.views_of(self.delta)
-        # Kept rather than allocated per step: on the CPU, large allocations are fresh
-        # pages each time, and faulting them in cost as much as the arithmetic.
-        self.scratch = (torch.empty_like(self.delta), torch.empty_like(self.delta))
+        # On the CPU the candidate moments' buffers are kept: large allocations are fresh
+        # pages each time, and faulting them in cost as much as the arithmetic. CUDA's
+        # caching allocator reuses freed blocks, so there they live only during a step
+        # and add nothing to the peak memory of the forward and backward passes.
+        self._scratch = None
+        if ref.device.type == "cpu":
+            self._scratch = (torch.empty_like(self.grad), torch.empty_like(self.grad))
         self.state = {
             name: torch.zeros(total, device=ref.device, dtype=ref.dtype)
             for name in ("exp_avg", *second)
@@ -369,6 +372,11 @@ class _FlatGroup:
         step_dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
         self.step = torch.zeros((), device=ref.device, dtype=step_dtype)
         self.gathered = False
+
+    def scratch(self) -> tuple[Tensor, Tensor]:
+        if self._scratch is not None:
+            return self._scratch
+        return torch.empty_like(self.grad), torch.empty_like(self.grad)
 
     def views_of(self, flat: Tensor) -> list[Tensor]:
         views, offset = [], 0
