@@ -1,7 +1,8 @@
 """Training memory per batch size and memory mode, with the step time it costs.
 
 On CUDA the figure is ``torch.cuda.max_memory_allocated`` over one training step (weights,
-gradients, Adamax state, activations and backward temporaries). On a CPU there is no such
+gradients, the state and gathered gradients of the Trainer's Adamax (``glowlab.optim``),
+activations and backward temporaries). On a CPU there is no such
 counter: the figure is then the bytes of the activations autograd saves for the backward
 pass (``glowlab.memory.saved_activation_bytes``), labelled ``saved_activations_MiB``; it
 leaves out the weights, gradients, optimizer state and temporaries. The step time is the
@@ -36,6 +37,7 @@ from common import (
 )
 
 from glowlab.memory import saved_activation_bytes
+from glowlab.optim import Adamax
 
 MIB = 2**20
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown memory mode {mode!r}; choose from {', '.join(MEMORY_MODES)}")
 
     model = build_model(args.model, device)
-    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4)
+    optimizer = Adamax(model.parameters(), lr=1e-4)  # the Trainer's: its buffers count
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         model.log_prob(random_images(model.image_shape, batch_sizes[0], device, generator))
