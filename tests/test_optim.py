@@ -124,6 +124,47 @@ def test_valid_false_skips_and_a_rejected_first_step_leaves_no_state() -> None:
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("cls", [Adam, AdamW, Adamax])
+def test_a_huge_finite_gradient_is_rejected_without_a_trace(cls: type[FlatOptimizer]) -> None:
+    """In float32 a gradient of 1e21 overflows the norm (so the step is rejected) and the
+    candidate second moment (inf): none of it may reach the state, now or at the next step."""
+    w = nn.Parameter(torch.ones(3, dtype=torch.float32))
+    ref = nn.Parameter(torch.ones(3, dtype=torch.float32))
+    opt, their = cls([w], lr=0.1), TORCH[cls]([ref], lr=0.1)
+    ones = torch.ones(3, dtype=torch.float32)
+    for grad in (ones, torch.tensor([1.0, 1e21, 1.0], dtype=torch.float32), ones):
+        w.grad = grad.clone()
+        applied = opt.step(valid=torch.isfinite(opt.clip_grad_norm_()))
+        if bool(applied):  # the reference skips what was rejected
+            ref.grad = grad.clone()
+            their.step()
+        assert all(torch.isfinite(t).all() for t in opt.state[w].values())
+    assert float(opt.state[w]["step"]) == 2
+    torch.testing.assert_close(w, ref)
+
+
+@pytest.mark.parametrize("cls", [Adam, Adamax])
+def test_a_rejected_first_step_with_eps_zero_changes_nothing(cls: type[FlatOptimizer]) -> None:
+    w = nn.Parameter(torch.ones(3))
+    opt = cls([w], lr=0.1, eps=0.0)
+    w.grad = torch.tensor([1.0, math.nan, 0.0])  # zero moments: the candidate change is 0/0
+    assert not bool(opt.step(valid=True))
+    assert torch.equal(w.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW, Adamax])
+def test_float32_stays_within_rounding_of_torch_optim(cls: type[FlatOptimizer]) -> None:
+    w = nn.Parameter(torch.randn(50, 20, dtype=torch.float32))
+    ref = nn.Parameter(w.detach().clone())
+    opt, their = cls([w], lr=1e-2), TORCH[cls]([ref], lr=1e-2)
+    for _ in range(100):
+        grad = torch.randn(50, 20, dtype=torch.float32)
+        w.grad, ref.grad = grad.clone(), grad.clone()
+        opt.step(valid=True)
+        their.step()
+    torch.testing.assert_close(w, ref, rtol=0, atol=2e-6)  # a few float32 ulps
+
+
 def test_unguarded_step_applies_whatever_the_gradient_is() -> None:
     """Without ``valid`` the step is torch.optim's: a NaN gradient reaches the weights."""
     w = nn.Parameter(torch.ones(3))

@@ -423,6 +423,28 @@ def test_a_non_finite_step_is_rejected_without_an_update(tmp_path: Path) -> None
     assert trainer.state.step == 2 and float(state["step"]) == 1
 
 
+def test_a_huge_finite_gradient_is_rejected_and_leaves_no_trace(tmp_path: Path) -> None:
+    """A gradient of 1e21 overflows the float32 norm: the step is rejected, and the inf it
+    puts in Adam's candidate second moment must not reach the weights at the next step."""
+    torch.set_default_dtype(torch.float32)
+    config = _digits("train.steps=3", "optim.name=adam", "optim.grad_clip=null")  # no clip
+    trainer = Trainer(config, tmp_path)
+    clip = trainer.optimizer.clip_grad_norm_
+    calls = []
+
+    def spiked(max_norm=None):
+        calls.append(1)
+        if len(calls) == 1:
+            trainer.params[0].grad.view(-1)[0] = 1e21
+            trainer.optimizer._forget_gradients()  # gather the spiked gradient
+        return clip(max_norm)
+
+    trainer.optimizer.clip_grad_norm_ = spiked  # type: ignore[method-assign]
+    assert [bool(trainer.train_step()["applied"]) for _ in range(2)] == [False, True]
+    for model in (trainer.model, trainer.ema):
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_training_steps_read_nothing_back_between_log_intervals(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,9 +19,9 @@ unconditionally, like :mod:`torch.optim`.
 How: each parameter group's gradients are gathered into one flat buffer (one multi-tensor
 copy) and its state lives in flat buffers too, so the update is a few element-wise kernels
 over all parameters rather than one per parameter, and a candidate update can be committed
-with ``lerp(old, new, ok)``, which returns ``old`` or ``new`` exactly for ``ok`` in {0, 1}.
-The gradients are made finite first (``nan_to_num``) so that a rejected candidate holds no
-NaN to leak through the blend. The cost is memory: one parameter-sized buffer beside the
+by selection, ``where(ok, new, old)``: a rejected candidate's values, inf and NaN included
+(a huge gradient makes an infinite second moment), never reach the state or the weights.
+The cost is memory: one parameter-sized buffer beside the
 state for the gathered gradients (which then holds the parameter change), and two for the
 candidate moments, kept between steps on the CPU and allocated only during a step on CUDA.
 
@@ -30,7 +30,8 @@ float64 over several steps, with weight decay and clipping), and ``state_dict`` 
 layout (per parameter ``step``, ``exp_avg`` and ``exp_avg_sq`` or ``exp_inf``), so state
 moves between a glowlab optimizer and the :mod:`torch.optim` one of the same name. Every
 parameter of a group is stepped together: one with no ``.grad`` is stepped with a zero
-gradient (its moments decay), where :mod:`torch.optim` would leave it out.
+gradient (its moments decay and weight decay applies), where :mod:`torch.optim` would leave
+it out; so leave frozen parameters out of the optimizer.
 
 References:
     Adam: A Method for Stochastic Optimization. Kingma and Ba, 2015 (arXiv:1412.6980);
@@ -172,9 +173,6 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def _update(self, flat: _FlatGroup, group: dict[str, Any], ok: Tensor | None) -> None:
         g = flat.grad
-        if ok is not None:
-            # A rejected step's candidate must hold no NaN, or the blend below would keep it.
-            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
         lr, wd = group["lr"], group["weight_decay"]
         if wd and not self._decoupled:
             torch._foreach_add_(flat.grad_views, flat.params, alpha=wd)
@@ -183,8 +181,9 @@ class FlatOptimizer(torch.optim.Optimizer):
             if ok is not None:
                 factor = 1 - (lr * wd) * ok.to(g.dtype)
             torch._foreach_mul_(flat.params, factor)
-        step = flat.step + 1  # the candidate's step count, >= 1 even after rejections
-        weight = None if ok is None else ok.to(g.dtype)
+        # The candidate's step count (>= 1 even after rejections), in float64 for the bias
+        # corrections, which torch.optim computes in Python floats.
+        step = (flat.step + 1).to(torch.float64)
         state = flat.state
         first, second = self._candidate(
             g,
@@ -194,10 +193,13 @@ class FlatOptimizer(torch.optim.Optimizer):
             group,
             scratch=flat.scratch(),
             out=g,  # the gradients are spent by then: the change takes their buffer
-            gain=1.0 if weight is None else weight,
         )
-        _commit(state["exp_avg"], first, weight)
-        _commit(state[self._second], second, weight)
+        # A rejected candidate may hold inf or NaN (a huge or non-finite gradient): select,
+        # never blend, so that none of it reaches the state or the weights.
+        _commit(state["exp_avg"], first, ok)
+        _commit(state[self._second], second, ok)
+        if ok is not None:
+            g.masked_fill_(~ok, 0.0)
         torch._foreach_add_(flat.params, flat.grad_views)
         flat.step.add_(1 if ok is None else ok.to(flat.step.dtype))
 
@@ -210,11 +212,10 @@ class FlatOptimizer(torch.optim.Optimizer):
         group: dict[str, Any],
         scratch: tuple[Tensor, Tensor],
         out: Tensor,
-        gain: Tensor | float,
     ) -> tuple[Tensor, Tensor]:
         """New first and second moments (in the ``scratch`` buffers), not yet committed, and
-        the parameter change times ``gain`` in ``out``, which may be ``g``'s buffer.
-        ``step`` is the step count the update would reach (>= 1)."""
+        the parameter change in ``out``, which may be ``g``'s buffer. ``step`` is the step
+        count the update would reach (>= 1, float64)."""
         raise NotImplementedError
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -276,14 +277,14 @@ class Adam(FlatOptimizer):
         (False, [1.0, 1.0, 1.0])
     """
 
-    def _candidate(self, g, exp_avg, second, step, group, scratch, out, gain):  # type: ignore[no-untyped-def]
+    def _candidate(self, g, exp_avg, second, step, group, scratch, out):  # type: ignore[no-untyped-def]
         beta1, beta2 = group["betas"]
         first = torch.lerp(exp_avg, g, 1 - beta1, out=scratch[0])
         second = torch.mul(second, beta2, out=scratch[1]).addcmul_(g, g, value=1 - beta2)
         bias1 = 1 - torch.pow(beta1, step)
         bias2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
         denom = torch.sqrt(second, out=out).div_(bias2_sqrt).add_(group["eps"])
-        torch.div(first, denom, out=out).mul_((-group["lr"] / bias1) * gain)
+        torch.div(first, denom, out=out).mul_(-group["lr"] / bias1)
         return first, second
 
 
@@ -303,13 +304,13 @@ class Adamax(FlatOptimizer):
     _second = "exp_inf"
     default_lr = 2e-3
 
-    def _candidate(self, g, exp_avg, second, step, group, scratch, out, gain):  # type: ignore[no-untyped-def]
+    def _candidate(self, g, exp_avg, second, step, group, scratch, out):  # type: ignore[no-untyped-def]
         beta1, beta2 = group["betas"]
         first = torch.lerp(exp_avg, g, 1 - beta1, out=scratch[0])
         second = torch.mul(second, beta2, out=scratch[1])
         torch.maximum(second, g.abs_().add_(group["eps"]), out=second)
         bias1 = 1 - torch.pow(beta1, step)
-        torch.div(first, second, out=out).mul_((-group["lr"] / bias1) * gain)
+        torch.div(first, second, out=out).mul_(-group["lr"] / bias1)
         return first, second
 
 
@@ -328,12 +329,11 @@ def build_optimizer(
     return classes[name](params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def _commit(buffer: Tensor, new: Tensor, weight: Tensor | None) -> None:
-    # lerp(old, new, w) is exactly old for w = 0 and exactly new for w = 1 (both finite).
-    if weight is None:
+def _commit(buffer: Tensor, new: Tensor, ok: Tensor | None) -> None:
+    if ok is None:
         buffer.copy_(new)
     else:
-        buffer.lerp_(new, weight)
+        torch.where(ok, new, buffer, out=buffer)
 
 
 class _FlatGroup:
