@@ -255,6 +255,17 @@ def test_a_guarded_step_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> N
     assert bool(applied)
 
 
+def test_a_parameter_added_to_a_group_is_stepped() -> None:
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    opt = Adam([a], lr=0.1)
+    a.grad = torch.ones(2)
+    opt.step()
+    opt.param_groups[0]["params"].append(b)  # the buffers are rebuilt for the new list
+    a.grad, b.grad = torch.ones(2), torch.ones(3)
+    opt.step()
+    assert (b < 1).all() and float(opt.state[b]["step"]) == 1
+
+
 def test_zero_grad_drops_gathered_gradients() -> None:
     w = nn.Parameter(torch.zeros(2))
     opt = Adam([w], lr=0.1)

@@ -31,7 +31,8 @@ layout (per parameter ``step``, ``exp_avg`` and ``exp_avg_sq`` or ``exp_inf``), 
 moves between a glowlab optimizer and the :mod:`torch.optim` one of the same name. Every
 parameter of a group is stepped together: one with no ``.grad`` is stepped with a zero
 gradient (its moments decay and weight decay applies), where :mod:`torch.optim` would leave
-it out; so leave frozen parameters out of the optimizer.
+it out; so leave frozen parameters out of the optimizer. Adding a parameter to a group
+after a step starts that group's state afresh.
 
 References:
     Adam: A Method for Stochastic Optimization. Kingma and Ba, 2015 (arXiv:1412.6980);
@@ -160,7 +161,9 @@ class FlatOptimizer(torch.optim.Optimizer):
     def _flat_group(self, index: int) -> _FlatGroup:
         group = self.param_groups[index]
         flat = self._flat.get(index)
-        if flat is None or [id(p) for p in flat.params] != [id(p) for p in group["params"]]:
+        # The group's list object, as torch.optim keeps it (load_state_dict included): an
+        # identity check, not a walk over the parameters on every step.
+        if flat is None or flat.source is not group["params"] or flat.size != len(flat.source):
             flat = _FlatGroup(group["params"], (self._second,))
             self._flat[index] = flat
             self._link_state(flat)
@@ -352,6 +355,7 @@ class _FlatGroup:
             )
         if not all(p.dtype.is_floating_point for p in params):
             raise ValueError("only floating-point parameters can be optimized")
+        self.source, self.size = params, len(params)  # the group's list, to notice a change
         self.params = list(params)
         ref = self.params[0]
         total = sum(p.numel() for p in self.params)

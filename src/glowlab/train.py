@@ -228,6 +228,7 @@ class Trainer:
         # Only these, not every buffer: copying Glow's many constant ones each step would
         # cost a kernel launch apiece.
         self._running_stats = _running_stats(self.model)
+        self._ema_stats: tuple[nn.Module | None, list[Tensor]] = (None, [])  # the EMA's
         self.ema: FlowModel | None = None  # created after the ActNorm init
         if self.device.type == "cuda":
             set_tf32(config.train.precision == "tf32")  # fp32 means no TF32 anywhere
@@ -379,7 +380,9 @@ class Trainer:
         # The buffers that training changes (the ActNorm init flags were copied with the
         # model, and the rest are constants).
         if self._running_stats:
-            torch._foreach_copy_(_running_stats(self.ema), self._running_stats)
+            if self._ema_stats[0] is not self.ema:  # found once per EMA model, not per step
+                self._ema_stats = (self.ema, _running_stats(self.ema))
+            torch._foreach_copy_(self._ema_stats[1], self._running_stats)
 
     # -- optimizer -----------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
