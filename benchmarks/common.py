@@ -143,9 +143,9 @@ def setup(args: argparse.Namespace, default_cpu_model: str = "small") -> torch.d
 
 
 # -- models and data ---------------------------------------------------------------------------
-def build_model(name: str, device: torch.device) -> FlowModel:
-    """A float32 Glow of config ``name``, built directly on ``device``."""
-    config = dict(MODEL_CONFIGS[name])
+def build_model(name: str, device: torch.device, **overrides: Any) -> FlowModel:
+    """A float32 Glow of config ``name`` with ``overrides``, built directly on ``device``."""
+    config = {**MODEL_CONFIGS[name], **overrides}
     shape = tuple(config.pop("image_shape"))
     with torch.device(device):
         return glowlab.Glow(shape, **config)  # type: ignore[arg-type]

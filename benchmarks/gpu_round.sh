@@ -3,15 +3,19 @@
 #
 # Usage: bash benchmarks/gpu_round.sh PHASE OUT_DIR [DATA_DIR]
 #   PHASE: tests | train | memory-sample | learning-cifar10 | learning-mnist
+#          | peers | peers-learning-cifar10 | peers-learning-mnist
 #   OUT_DIR: JSON results and a log per phase go here
 #   DATA_DIR: folder with mnist/ and cifar10/ .npz files (the learning phases only)
 #
 # Runs from a source checkout with no install: PYTHONPATH points at src/. Needs torch with
-# CUDA and numpy.
+# CUDA and numpy. The peers phases run rosinality/glow-pytorch and y0ast/Glow-PyTorch side
+# by side with glowlab (benchmarks/bench_peers.py) from checkouts in $PEERS (default: .peers/
+# in the repository: rosinality/ and y0ast/); rosinality's model needs scipy. Their learning
+# phases train the two peers only (about 7 minutes); glowlab's figure is learning-*'s.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '4,8p' "$0" >&2
+    sed -n '4,9p' "$0" >&2
     exit 2
 fi
 phase=$1
@@ -26,6 +30,9 @@ run() {
     echo "+ $*" | tee -a "$log"
     python3 "$root/benchmarks/$@" 2>&1 | tee -a "$log"
 }
+
+peers=${PEERS:-$root/.peers}
+peer_args=(--peer "rosinality=$peers/rosinality" --peer "y0ast=$peers/y0ast")
 
 need_data() {
     if [[ -z $data || ! -d $data ]]; then
@@ -70,8 +77,21 @@ learning-mnist)
         --model glow-mnist --seconds 200 --batch-size 64 --precision bf16 --channels-last \
         --json "$out/learning-mnist.json"
     ;;
+peers)
+    run bench_peers.py --device cuda --model glow-cifar10 "${peer_args[@]}" \
+        --questions train,memory,sample --batch-sizes 64,256 --json "$out/peers.json"
+    ;;
+peers-learning-cifar10 | peers-learning-mnist)
+    need_data
+    dataset=${phase#peers-learning-}
+    model=$([[ $dataset == mnist ]] && echo glow-mnist || echo glow-cifar10)
+    run bench_peers.py --device cuda --model "$model" "${peer_args[@]}" \
+        --implementations rosinality,y0ast --questions learning --dataset "$dataset" \
+        --data-dir "$data" --seconds 200 --learning-batch 64 --json "$out/$phase.json"
+    ;;
 *)
-    echo "unknown phase '$phase'; choose tests, train, memory-sample, learning-cifar10 or learning-mnist" >&2
+    echo "unknown phase '$phase'; choose tests, train, memory-sample, learning-cifar10," \
+        "learning-mnist, peers, peers-learning-cifar10 or peers-learning-mnist" >&2
     exit 2
     ;;
 esac
