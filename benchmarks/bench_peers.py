@@ -21,10 +21,12 @@ measured one after the other, in the same process:
     (``glowlab.memory.saved_activation_bytes``).
 ``sample``
     Latency of drawing ``--n`` images at ``--temperature``, in interleaved rounds as
-    ``train``.
+    ``train``. glowlab samples in NCHW unless ``--channels-last`` is given, as
+    ``glowlab sample`` and ``bench_sample.py`` do.
 ``learning``
     ``bench_learning.py``'s protocol for each implementation: the data in memory on the
-    device, ActNorm's init as the recipe does it, then ``--seconds`` of training with the
+    device, ActNorm's init as the recipe does it, one forward and backward pass that changes
+    no weight (with ``--compile``, glowlab compiles there), then ``--seconds`` of training with the
     recipe's optimizer and learning-rate schedule at batch ``--learning-batch`` (the loss
     is read back every ``--sync-every`` steps, where the clock is checked), then bits/dim
     on the test set.
@@ -107,14 +109,21 @@ class Field:
         names = ["glowlab", *(kind for kind, _ in self.args.peer)]
         return [name for name in names if name in (self.args.implementations or names)]
 
-    def build(self, name: str, memory_mode: str | None = None) -> Contender:
+    def build(self, name: str, memory_mode: str | None = None, sampling: bool = False) -> Contender:
         release(self.device)
         torch.manual_seed(self.args.seed)
+        # glowlab's layouts: channels-last for training on a CPU, NCHW for sampling (as
+        # glowlab train and glowlab sample do), unless --channels-last says otherwise.
+        speed = self.args
+        if sampling:
+            speed = argparse.Namespace(
+                **{**vars(speed), "channels_last": bool(speed.channels_last)}
+            )
         if name == "glowlab":
             contender: Contender = GlowlabContender(
                 self.config, self.device, self.args.model, self.args.precision,
                 memory_mode or self.args.memory_mode,
-                lambda model: apply_speed_options(self.args, model, self.device),
+                lambda model: apply_speed_options(speed, model, self.device),
                 warmup_steps=self.args.warmup_steps,
             )  # fmt: skip
         else:
@@ -126,12 +135,12 @@ class Field:
         })  # fmt: skip
         return contender
 
-    def each(self, memory_modes: tuple[str | None, ...] = (None,)):
+    def each(self, memory_modes: tuple[str | None, ...] = (None,), sampling: bool = False):
         """``(name, mode, contender or the reason it is missing)`` for every contender."""
         for name in self.names():
             for mode in memory_modes if name == "glowlab" else (None,):
                 try:
-                    yield name, mode, self.build(name, mode)
+                    yield name, mode, self.build(name, mode, sampling)
                 except (Unsupported, ImportError) as error:
                     yield name, mode, f"unavailable: {error}"
 
@@ -185,6 +194,7 @@ def in_rounds(
     field: Field,
     prepare: Callable[[Contender], list[Callable[[], Any]]],
     row_keys: Callable[[str, str | None], list[dict[str, Any]]],
+    sampling: bool = False,
 ) -> list[dict[str, Any]]:
     """Time every contender's calls in ``--rounds`` interleaved rounds.
 
@@ -194,7 +204,7 @@ def in_rounds(
     """
     args, device = field.args, field.device
     entries: list[tuple[dict[str, Any], Callable[[], Any] | str]] = []
-    for name, mode, contender in field.each():
+    for name, mode, contender in field.each(sampling=sampling):
         keys = row_keys(name, mode)
         if isinstance(contender, str):
             entries += [(key, contender) for key in keys]
@@ -297,7 +307,7 @@ def question_sample(field: Field) -> list[dict[str, Any]]:
     def keys(name: str, mode: str | None) -> list[dict[str, Any]]:
         return [{"implementation": name, "n": args.n, "temperature": args.temperature}]
 
-    return in_rounds(field, prepare, keys)
+    return in_rounds(field, prepare, keys, sampling=True)
 
 
 def question_learning(field: Field) -> list[dict[str, Any]]:
@@ -330,6 +340,10 @@ def learn(contender: Contender, field: Field, train: Tensor, test: Tensor) -> di
         return train[torch.randint(train.shape[0], (n,), device=device, generator=generator)]
 
     contender.initialize(batch_of(contender.init_images or args.learning_batch))
+    # One forward and backward pass before the clock starts, which changes no weight: with
+    # --compile, glowlab's layers compile here, as in bench_learning.py.
+    contender.bits_per_dim(batch_of(args.learning_batch)).mean().backward()
+    contender.model.zero_grad(set_to_none=True)
     optimizer = contender.optimizer()
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     step = contender.training_step(optimizer)
