@@ -165,8 +165,9 @@ def guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- the questions -----------------------------------------------------------------------------
-# Each contender is measured inside a function of its own, so that nothing of it (model,
-# optimizer, closures) is still alive when the next one is built and measured.
+# Memory and learning measure each contender inside a function of its own, so that nothing
+# of it (model, optimizer, closures) is alive when the next one is built and measured. The
+# timings keep all of them alive instead, to interleave them (``in_rounds``).
 def ask(
     field: Field,
     measure: Callable[[Contender], list[dict[str, Any]]],
