@@ -29,7 +29,8 @@ measured one after the other, in the same process:
     no weight (with ``--compile``, glowlab compiles there), then ``--seconds`` of training with the
     recipe's optimizer and learning-rate schedule at batch ``--learning-batch`` (the loss
     is read back every ``--sync-every`` steps, where the clock is checked), then bits/dim
-    on the test set.
+    on the test set. Batches are drawn at random from the training set, with no
+    augmentation for anyone (y0ast's script translates and flips CIFAR-10 by default).
 
 Every figure is bits/dim of the 8-bit data or a time; a peer that cannot build or run a
 setting gets a row that says why.
