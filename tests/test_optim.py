@@ -277,10 +277,37 @@ def test_zero_grad_drops_gathered_gradients() -> None:
     assert (w > 0).all()  # stepped against the new gradient, not the gathered old one
 
 
+@pytest.mark.parametrize("cls", [Adam, AdamW, Adamax])
+def test_a_tensor_learning_rate_is_read_at_each_step(cls: type[FlatOptimizer]) -> None:
+    """A 0-dim tensor lr, changed in place between steps, gives the updates of a float lr
+    changed between steps (what a step recorded in a CUDA graph relies on)."""
+    ours = _params()
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    lr = torch.tensor(0.01)
+    opt = cls(ours, lr=lr, weight_decay=0.1)
+    ref = cls(theirs, lr=0.01, weight_decay=0.1)
+    for value in (0.01, 0.002, 0.03, 0.0):
+        lr.fill_(value)
+        for group in ref.param_groups:
+            group["lr"] = value
+        grads = _random_grads(ours)
+        _set_grads(ours, grads)
+        _set_grads(theirs, grads)
+        opt.clip_grad_norm_(1.0)
+        ref.clip_grad_norm_(1.0)
+        opt.step(valid=torch.tensor(True))
+        ref.step(valid=torch.tensor(True))
+        for p, q in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-14, atol=1e-15)
+    assert opt.param_groups[0]["lr"] is lr  # still the caller's tensor
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda: Adam([nn.Parameter(torch.ones(1))], lr=-1.0), "learning rate"),
+        (lambda: Adam([nn.Parameter(torch.ones(1))], lr=torch.tensor([0.1])), "0-dim"),
+        (lambda: Adam([nn.Parameter(torch.ones(1))], lr=torch.tensor(math.nan)), "learning rate"),
         (lambda: Adam([nn.Parameter(torch.ones(1))], betas=(0.9, 1.0)), "betas"),
         (lambda: Adam([nn.Parameter(torch.ones(1))], eps=-1.0), "eps"),
         (lambda: AdamW([nn.Parameter(torch.ones(1))], weight_decay=-1.0), "weight_decay"),

@@ -59,6 +59,11 @@ class FlatOptimizer(torch.optim.Optimizer):
     :meth:`_candidate`; this class gathers gradients, clips, guards and commits. ``lr`` and
     ``weight_decay`` default to torch.optim's for the class (``default_lr``,
     ``default_weight_decay``: 1e-3 and 0, AdamW's decay 1e-2, Adamax's rate 2e-3).
+
+    ``lr`` may be a 0-dim tensor on the parameters' device, here or in a group: the update
+    then reads it on the device, so a step recorded in a CUDA graph
+    (:class:`glowlab.speed.GraphedCall`) follows a schedule that changes the tensor in
+    place between replays (``lr.fill_(value)``).
     """
 
     _second = "exp_avg_sq"
@@ -70,15 +75,17 @@ class FlatOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float | None = None,
+        lr: float | Tensor | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float | None = None,
     ) -> None:
         lr = self.default_lr if lr is None else lr
         weight_decay = self.default_weight_decay if weight_decay is None else weight_decay
+        if isinstance(lr, Tensor) and lr.dim() != 0:
+            raise ValueError(f"a tensor learning rate must be 0-dim, got shape {tuple(lr.shape)}")
         if not (math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"invalid learning rate {lr}: need a finite lr >= 0")
+            raise ValueError(f"invalid learning rate {float(lr)}: need a finite lr >= 0")
         if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
             raise ValueError(f"invalid betas {betas}: need two values in [0, 1)")
         if not eps >= 0:

@@ -12,13 +12,18 @@
   the tensor cores of recent GPUs prefer; pass inputs through :func:`channels_last_input`.
 * :func:`set_tf32` lets CUDA float32 matmuls and convolutions use TF32 tensor cores (10-bit
   mantissa products, float32 accumulation), or forbids it; :func:`tf32` does so for a block.
+* :class:`GraphedCall` records a call on fixed-shape CUDA tensors (a whole training step:
+  forward, backward and a :mod:`glowlab.optim` update; or drawing a batch of samples) as
+  one CUDA graph and replays it, so the CPU launches one graph instead of thousands of
+  kernels. It needs a call that never synchronises with the host, which glowlab's
+  training step and sampling are built to be.
 
 None of these change ``state_dict``: a model trained with them saves and loads as usual.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,6 +35,7 @@ from .transforms.base import Transform
 from .transforms.coupling import Coupling
 
 __all__ = [
+    "GraphedCall",
     "autocast",
     "channels_last_input",
     "compile_flow_steps",
@@ -108,7 +114,9 @@ def autocast(
 
 def _autocast_forward(forward: Any, device_type: str, dtype: torch.dtype) -> Any:
     def run(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        with torch.autocast(device_type, dtype=dtype):
+        # No cast cache: each call casts its weights once anyway, and a cache would keep
+        # tensors of a CUDA graph's capture alive past it.
+        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
             out = forward(x, *args, **kwargs)
         return out.to(x.dtype)
 
@@ -190,3 +198,95 @@ def tf32(enabled: bool) -> Iterator[None]:
                 flag.fp32_precision = value
         else:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class GraphedCall:
+    """``fn(*inputs)`` recorded once as a CUDA graph, then replayed: one launch per call.
+
+    A step of a deep flow is thousands of small kernels, and launching them one by one
+    from Python can take longer than running them. A CUDA graph records the kernels of one
+    call and replays them with a single launch. The price is that everything is fixed at
+    recording time: the shapes, the addresses of every tensor, and any Python number that
+    a kernel was launched with.
+
+    * ``inputs`` are copied into static tensors that the graph reads; each call copies its
+      arguments into them (same shapes and dtypes), replays, and returns the graph's
+      outputs. **The outputs are static too**: the next call overwrites them, so clone
+      what you keep. A call without inputs (drawing samples) names its ``device``.
+    * ``fn`` runs ``warmup`` times, on a side stream, before the recording (the recording
+      itself runs no kernel): its effects on the model and optimizer happen then. A
+      training step can be made harmless during warmup by a ``valid`` flag among the
+      inputs that rejects the update (:meth:`glowlab.optim.FlatOptimizer.step`).
+    * Python runs ``fn`` only while warming up and recording; a replay repeats its kernels
+      and nothing else. A number that changes between calls must therefore be a tensor,
+      such as an optimizer's learning rate (``glowlab.optim`` takes a 0-dim tensor ``lr``:
+      ``fill_`` it between calls).
+    * ``fn`` must not synchronise with the host (no ``.item()``, no Python ``if`` on a
+      tensor), or the recording fails. Random numbers (dequantization noise, sampling)
+      are drawn afresh on each replay.
+    * What was computed before the recording is not computed again. In evaluation mode
+      glowlab caches each 1x1 convolution's inverse weight: record a sampling graph again
+      after the weights change. A training step computes its weights inside the graph
+      and follows the optimizer's in-place updates.
+
+    Example (on a GPU)::
+
+        x = torch.empty(64, 3, 32, 32, device="cuda")
+        lr = torch.tensor(1e-3, device="cuda")
+        optimizer = glowlab.optim.Adamax(model.parameters(), lr=lr)
+
+        def step(x, valid):
+            loss = -model.log_prob(x).mean()
+            loss.backward()
+            optimizer.clip_grad_norm_(50.0)
+            applied = optimizer.step(valid=valid & torch.isfinite(loss.detach()))
+            optimizer.zero_grad()
+            return loss.detach(), applied
+
+        graphed = GraphedCall(step, x, torch.tensor(False, device="cuda"))  # warmup: no update
+        loss, applied = graphed(batch, torch.tensor(True, device="cuda"))
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *inputs: Tensor,
+        device: torch.device | str | None = None,
+        warmup: int = 3,
+    ) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA graphs need a CUDA device; none is available")
+        devices = {t.device for t in inputs} | ({torch.device(device)} if device else set())
+        if not devices:
+            devices = {torch.device("cuda", torch.cuda.current_device())}
+        if len(devices) != 1 or next(iter(devices)).type != "cuda":
+            raise ValueError(
+                f"a CUDA graph runs on one CUDA device; its inputs and device are on "
+                f"{sorted(map(str, devices))}"
+            )
+        if warmup < 1:
+            raise ValueError(f"warmup must be at least 1 (kernels are loaded then), got {warmup}")
+        device = next(iter(devices))
+        self.inputs = tuple(t.detach().clone() for t in inputs)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn(*self.inputs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = fn(*self.inputs)
+
+    def __call__(self, *inputs: Tensor) -> Any:
+        if len(inputs) != len(self.inputs):
+            raise ValueError(f"expected {len(self.inputs)} inputs, got {len(inputs)}")
+        for static, value in zip(self.inputs, inputs, strict=True):
+            if value.shape != static.shape or value.dtype != static.dtype:
+                raise ValueError(
+                    f"a CUDA graph replays fixed shapes: expected {tuple(static.shape)} "
+                    f"{static.dtype}, got {tuple(value.shape)} {value.dtype}"
+                )
+            static.copy_(value, non_blocking=True)
+        self.graph.replay()
+        return self.outputs
