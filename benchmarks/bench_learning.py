@@ -11,6 +11,10 @@ the GPU is not stalled after each step; the clock stops at the first such read-b
 ``--seconds``. The model is then put in evaluation mode and the bits/dim of every test
 image is computed (uniform dequantization noise, fixed seed). This is a plain loop,
 independent of ``glowlab.train``, so that the figure measures the model and its layers.
+With ``--cuda-graphs`` the step (forward, backward and update) is recorded once as a CUDA
+graph before the clock starts (``glowlab.speed.GraphedCall``; its warmup calls reject
+their updates, so no weight moves), and the schedule sets the learning rate by filling a
+tensor; sampling and dequantizing the batch stay outside the graph.
 
 Data: ``--data-dir`` holds ``mnist/{train,test}.npz`` and ``cifar10/{train_0..4,test}.npz``
 (arrays ``images`` uint8 NHWC and ``labels``).
@@ -36,10 +40,12 @@ from common import (
     MODEL_CONFIGS,
     PRECISIONS,
     REPO_ROOT,
+    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
     build_model,
+    check_cuda_graphs,
     check_precision,
     precision_context,
     report,
@@ -52,6 +58,7 @@ from torch import Tensor
 import glowlab
 from glowlab.metrics import bits_per_dim_from_log_prob
 from glowlab.optim import Adamax
+from glowlab.speed import GraphedCall
 
 DATASETS = {"mnist": ["train"], "cifar10": [f"train_{k}" for k in range(5)]}
 
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         help="steps between loss read-backs (and clock checks)",
     )
     add_speed_options(parser)
+    add_cuda_graphs_option(parser)
     parser.add_argument(
         "--test-limit",
         type=int,
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(why)
     if args.sync_every < 1:
         parser.error("--sync-every must be at least 1")
+    check_cuda_graphs(parser, args, device)
 
     train = load_split(args.data_dir, args.dataset, "train").to(device)
     test = load_split(args.data_dir, args.dataset, "test").to(device)
@@ -165,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad(), precision_context(args.precision, model):
         model.log_prob(batch_of(min(args.init_batch, train.shape[0])))  # ActNorm's init
     layout = apply_speed_options(args, model, device)
-    optimizer = Adamax(model.parameters(), lr=args.lr)
+    # A graphed step reads its learning rate from a tensor, which the schedule fills in place.
+    lr = torch.tensor(args.lr, device=device) if args.cuda_graphs else args.lr
+    optimizer = Adamax(model.parameters(), lr=lr)
     offset = args.n_bits * math.log(2) * model.dims  # log-likelihood of the discretization
 
     def loss_of(x: Tensor) -> Tensor:
@@ -173,9 +184,22 @@ def main(argv: list[str] | None = None) -> None:
             log_prob = model.log_prob(layout(x))
         return -(log_prob.mean() - offset) / (model.dims * math.log(2))
 
+    def train_step(x: Tensor, valid: Tensor) -> Tensor:
+        """One step; the loss, or NaN when the update was rejected."""
+        loss = loss_of(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.clip_grad_norm_()
+        applied = optimizer.step(valid=valid & torch.isfinite(loss.detach()))
+        return torch.where(applied, loss.detach(), math.nan)
+
     if args.compile:  # compile before the clock starts; no optimizer step, so no weight moves
         loss_of(batch_of(batch)).backward()
         optimizer.zero_grad(set_to_none=True)
+    yes = torch.ones((), dtype=torch.bool, device=device)
+    step: Callable[[Tensor, Tensor], Tensor] = train_step
+    if args.cuda_graphs:  # recorded before the clock starts; the warmup calls reject
+        step = GraphedCall(train_step, batch_of(batch), torch.zeros_like(yes))
 
     losses: list[float] = []
     pending: list[Tensor] = []
@@ -183,14 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     synchronize(device)
     start = time.perf_counter()
     while True:
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (steps + 1) / max(warmup_steps, 1))
-        loss = loss_of(batch_of(batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.clip_grad_norm_()
-        applied = optimizer.step(valid=torch.isfinite(loss.detach()))
-        pending.append(torch.where(applied, loss.detach(), math.nan))
+        rate = args.lr * min(1.0, (steps + 1) / max(warmup_steps, 1))
+        if isinstance(lr, Tensor):
+            lr.fill_(rate)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+        loss = step(batch_of(batch), yes)
+        pending.append(loss.clone() if args.cuda_graphs else loss)  # a graph's output is reused
         steps += 1
         if steps % args.sync_every:
             continue
@@ -229,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         warmup_steps=warmup_steps,
         compiled=args.compile,
+        cuda_graphs=args.cuda_graphs,
         channels_last=use_channels_last(args, device),
     )
 

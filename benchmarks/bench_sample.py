@@ -8,6 +8,10 @@ untimed calls (which also fill the cached inverses of the 1x1 convolutions), the
 Examples:
     python benchmarks/bench_sample.py                     # CPU: small Glow
     python benchmarks/bench_sample.py --device cuda --model glow-cifar10 --precision tf32
+    python benchmarks/bench_sample.py --device cuda --model glow-cifar10 --cuda-graphs
+
+With ``--cuda-graphs`` the call is recorded once as a CUDA graph (``glowlab.speed.GraphedCall``)
+and the replays are timed.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import statistics
 import torch
 from common import (
     PRECISIONS,
+    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
     build_model,
+    check_cuda_graphs,
     check_precision,
     precision_context,
     random_images,
@@ -29,6 +35,9 @@ from common import (
     time_calls,
     use_channels_last,
 )
+from torch import Tensor
+
+from glowlab.speed import GraphedCall
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     add_speed_options(parser, training=False)
+    add_cuda_graphs_option(parser)
     args = parser.parse_args(argv)
     device = setup(args)
+    check_cuda_graphs(parser, args, device)
     if (why := check_precision(args.precision, device)) is not None:
         parser.error(why)
 
@@ -51,9 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     apply_speed_options(args, model, device)
 
-    def sample() -> None:
+    def sample() -> Tensor:
         with precision_context(args.precision, model):
-            model.sample(args.n, temperature=args.temperature)
+            return model.sample(args.n, temperature=args.temperature)
+
+    if args.cuda_graphs:  # recorded after the cached inverses are filled (the warmup)
+        sample = GraphedCall(sample, device=device)  # type: ignore[assignment]
 
     times = sorted(time_calls(sample, device, args.warmup, args.repeats))
     ms = [1e3 * t for t in times]
@@ -70,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         columns,
         compiled=args.compile,
+        cuda_graphs=args.cuda_graphs,
         channels_last=use_channels_last(args, device),
         repeats=args.repeats,
     )

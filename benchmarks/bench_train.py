@@ -14,6 +14,10 @@ Examples:
     python benchmarks/bench_train.py --device cuda --model glow-cifar10 \\
         --batch-sizes 64,128,256,512 --precisions fp32,tf32,bf16 --json train.json
 
+With ``--cuda-graphs`` each setting's step is recorded once as a CUDA graph
+(``glowlab.speed.GraphedCall``, after three steps of warmup) and the replays are timed: the
+CPU then launches one graph per step instead of every kernel.
+
 The same settings in a full training run are ``glowlab train`` options
 (``train.precision``, ``train.compile``, ``train.channels_last``, ``train.memory_mode``);
 see ``docs/benchmarks.md``.
@@ -21,16 +25,19 @@ see ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable
 
 import torch
 from common import (
     MEMORY_MODES,
+    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
     build_model,
+    check_cuda_graphs,
     check_precision,
     csv_list,
     matmul_tflops,
@@ -46,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glowlab.models.base import FlowModel
 from glowlab.optim import Adamax, FlatOptimizer
+from glowlab.speed import GraphedCall
 
 
 def bits_per_dim_loss(model: FlowModel, x: Tensor) -> Tensor:
@@ -112,8 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         help="side of the ceiling matmul (default 1024 on CPU, 8192 on CUDA)",
     )
     add_speed_options(parser)
+    add_cuda_graphs_option(parser)
     args = parser.parse_args(argv)  # fmt: skip
     device = setup(args)
+    check_cuda_graphs(parser, args, device)
     cuda = device.type == "cuda"
     batch_sizes = args.batch_sizes or ([64, 128, 256, 512] if cuda else [16, 32])
     precisions = args.precisions or (["fp32", "tf32", "bf16"] if cuda else ["fp32"])
@@ -143,7 +153,13 @@ def main(argv: list[str] | None = None) -> None:
             for mode in args.memory_modes:
                 model.set_memory_mode(mode)  # type: ignore[arg-type]
                 step = training_step(model, optimizer, x, precision)
+                if args.cuda_graphs:
+                    step = GraphedCall(step, device=device)
                 seconds = median_seconds(step, device, args.warmup, args.repeats)
+                del step  # a graph keeps its memory pool: free it before the next one
+                gc.collect()
+                if args.cuda_graphs:
+                    torch.cuda.empty_cache()
                 tflops = flops / seconds / 1e12
                 rows.append({
                     "batch": batch, "precision": precision, "memory_mode": mode,
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         columns,
         compiled=args.compile,
+        cuda_graphs=args.cuda_graphs,
         channels_last=use_channels_last(args, device),
         matmul_size=matmul_size,
     )

@@ -93,6 +93,22 @@ def add_speed_options(parser: argparse.ArgumentParser, training: bool = True) ->
     parser.add_argument("--compile", action="store_true", help="glowlab.speed.compile_flow_steps")
 
 
+def add_cuda_graphs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="record each timed call once as a CUDA graph and replay it "
+        "(glowlab.speed.GraphedCall; CUDA only)",
+    )
+
+
+def check_cuda_graphs(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device
+) -> None:
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs needs a CUDA device (--device cuda)")
+
+
 def use_channels_last(args: argparse.Namespace, device: torch.device) -> bool:
     """The layout ``--channels-last`` asks for, with ``glowlab train``'s default."""
     return args.channels_last if args.channels_last is not None else device.type == "cpu"

@@ -53,6 +53,9 @@ train)
     run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256,512 \
         --precisions tf32,bf16 --memory-modes standard --channels-last --compile \
         --json "$out/train-nhwc-compiled.json"
+    run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256 \
+        --precisions tf32,bf16 --memory-modes standard,invertible --channels-last \
+        --cuda-graphs --json "$out/train-nhwc-graphed.json"
     ;;
 memory-sample)
     run bench_memory.py --device cuda --model glow-cifar10 --batch-sizes 256 --precision bf16 \
@@ -63,6 +66,8 @@ memory-sample)
         --json "$out/sample-bf16.json"
     run bench_sample.py --device cuda --model glow-cifar10 --precision bf16 --compile \
         --repeats 50 --json "$out/sample-bf16-compiled.json"
+    run bench_sample.py --device cuda --model glow-cifar10 --precision bf16 --cuda-graphs \
+        --repeats 50 --json "$out/sample-bf16-graphed.json"
     run bench_optim.py --device cuda --model glow-cifar10 --json "$out/optim.json"
     ;;
 learning-cifar10)

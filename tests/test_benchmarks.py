@@ -76,3 +76,29 @@ def test_bench_learning(tmp_path: Path, shared_data: Path) -> None:
     assert row["steps"] % 2 == 0 and row["steps"] >= 2 and row["train_seconds"] >= 0.5
     assert row["test_images"] == 20 and 0 < row["test_bpd"] < 16
     assert row["rejected_steps"] == 0
+
+
+@pytest.mark.parametrize("script", ["bench_train", "bench_sample", "bench_learning"])
+def test_cuda_graphs_on_a_cpu_is_refused(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(script).main(["--device", "cpu", "--cuda-graphs"])
+    assert exit_info.value.code == 2
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_benchmarks_run_on_cuda(tmp_path: Path) -> None:
+    def run(script: str, *args: str) -> dict:
+        out = tmp_path / f"{script}.json"
+        importlib.import_module(script).main([*args, "--device", "cuda", "--json", str(out)])
+        return json.loads(out.read_text())
+
+    train = run(
+        "bench_train", "--model", "small-mnist", "--batch-sizes", "4", "--precisions", "fp32,bf16",
+        "--memory-modes", "standard,invertible", "--warmup", "1", "--repeats", "2",
+        "--matmul-size", "256", "--cuda-graphs",
+    )  # fmt: skip
+    assert train["cuda_graphs"] and all(r["images_per_s"] > 0 for r in train["results"])
+    sample = run("bench_sample", "--model", "small-mnist", "--n", "4", "--repeats", "2",
+                 "--cuda-graphs")  # fmt: skip
+    assert sample["results"][0]["median_ms"] > 0
