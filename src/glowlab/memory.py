@@ -212,11 +212,17 @@ class _InvertibleFlow(torch.autograd.Function):
 # -- "checkpoint" ------------------------------------------------------------------------------
 def _run_checkpointed(flow: FlowSequential, h: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
     logdet = zero_logdet(h)
+    # The recomputation replays the random number generator's state, in case a layer draws
+    # random numbers; glowlab's layers draw none. Reading that state is not allowed while a
+    # CUDA graph is recorded (glowlab.speed.GraphedCall), so it is skipped then.
+    preserve_rng = not (h.is_cuda and torch.cuda.is_current_stream_capturing())
     for layer in flow.units():
         if _needs_actnorm_init(layer):
             h, ld = layer(h, y)
         else:
-            h, ld = checkpoint(_once_updating(layer, y), h, use_reentrant=False)
+            h, ld = checkpoint(
+                _once_updating(layer, y), h, use_reentrant=False, preserve_rng_state=preserve_rng
+            )
         logdet = logdet + ld
     return h, logdet
 

@@ -223,7 +223,9 @@ class GraphedCall:
       ``fill_`` it between calls).
     * ``fn`` must not synchronise with the host (no ``.item()``, no Python ``if`` on a
       tensor), or the recording fails. Random numbers (dequantization noise, sampling)
-      are drawn afresh on each replay.
+      are drawn afresh on each replay. In the ``"checkpoint"`` memory mode the
+      recomputation does not replay the random number generator's state while recording
+      (that state cannot be read then); glowlab's layers draw no random numbers.
     * What was computed before the recording is not computed again. In evaluation mode
       glowlab caches each 1x1 convolution's inverse weight: record a sampling graph again
       after the weights change. A training step computes its weights inside the graph
