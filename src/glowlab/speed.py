@@ -258,7 +258,8 @@ class GraphedCall:
     ) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError("CUDA graphs need a CUDA device; none is available")
-        devices = {t.device for t in inputs} | ({torch.device(device)} if device else set())
+        named = [torch.device(device)] if device is not None else []
+        devices = {_indexed(d) for d in (*(t.device for t in inputs), *named)}
         if not devices:
             devices = {torch.device("cuda", torch.cuda.current_device())}
         if len(devices) != 1 or next(iter(devices)).type != "cuda":
@@ -268,17 +269,18 @@ class GraphedCall:
             )
         if warmup < 1:
             raise ValueError(f"warmup must be at least 1 (kernels are loaded then), got {warmup}")
-        device = next(iter(devices))
+        self.device = next(iter(devices))
         self.inputs = tuple(t.detach().clone() for t in inputs)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                fn(*self.inputs)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = fn(*self.inputs)
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    fn(*self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = fn(*self.inputs)
 
     def __call__(self, *inputs: Tensor) -> Any:
         if len(inputs) != len(self.inputs):
@@ -290,5 +292,13 @@ class GraphedCall:
                     f"{static.dtype}, got {tuple(value.shape)} {value.dtype}"
                 )
             static.copy_(value, non_blocking=True)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.outputs
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:N`` of the current device, so that the two compare equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
