@@ -3,9 +3,11 @@
 The other implementations run from checkouts given with ``--peer KIND=PATH`` (the kinds,
 their input conventions and their training recipes are described in ``peers.py``); their
 code is imported unchanged and runs with PyTorch's default settings (float32, TF32
-convolutions on CUDA). glowlab runs in ``--precision`` with its speed options. All build
-the same architecture (``--model``, ``--steps`` to shorten it) on the same device and are
-measured one after the other, in the same process:
+convolutions on CUDA), eagerly, as their own scripts run it. glowlab runs in
+``--precision`` with its speed options: ``--channels-last``, ``--compile``, and
+``--cuda-graphs``, which records its training step and its sampling as CUDA graphs. All
+build the same architecture (``--model``, ``--steps`` to shorten it) on the same device
+and are measured one after the other, in the same process:
 
 ``train``
     Time of a training step on a fixed batch of random 8-bit images (forward, bits/dim,
@@ -62,9 +64,11 @@ from common import (
     MODEL_CONFIGS,
     PRECISIONS,
     REPO_ROOT,
+    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
+    check_cuda_graphs,
     check_precision,
     csv_list,
     environment,
@@ -126,6 +130,7 @@ class Field:
                 memory_mode or self.args.memory_mode,
                 lambda model: apply_speed_options(speed, model, self.device),
                 warmup_steps=self.args.warmup_steps,
+                cuda_graphs=self.args.cuda_graphs,
             )  # fmt: skip
         else:
             path = dict(self.args.peer)[name]
@@ -347,8 +352,10 @@ def learn(contender: Contender, field: Field, train: Tensor, test: Tensor) -> di
     contender.bits_per_dim(batch_of(args.learning_batch)).mean().backward()
     contender.model.zero_grad(set_to_none=True)
     optimizer = contender.optimizer()
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
     step = contender.training_step(optimizer)
+    if hasattr(step, "warm"):  # --cuda-graphs: record the step before the clock starts
+        step.warm(batch_of(args.learning_batch))
     pending: list[Tensor] = []
     losses: list[float] = []
     steps, trained = 0, 0.0
@@ -356,7 +363,11 @@ def learn(contender: Contender, field: Field, train: Tensor, test: Tensor) -> di
     start = time.perf_counter()
     while trained < args.seconds:
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = contender.learning_rate(base, steps, args.learning_batch, train.shape[0])
+            rate = contender.learning_rate(base, steps, args.learning_batch, train.shape[0])
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(rate)  # read on the device by a recorded step
+            else:
+                group["lr"] = rate
         pending.append(step(batch_of(args.learning_batch)))
         steps += 1
         if steps % args.sync_every == 0:
@@ -471,8 +482,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-batch", type=int, default=500)
     parser.add_argument("--test-limit", type=int, default=None)
     add_speed_options(parser)
+    add_cuda_graphs_option(parser)
     args = parser.parse_args(argv)  # fmt: skip
     device = setup(args)
+    check_cuda_graphs(parser, args, device)
     cuda = device.type == "cuda"
     for question in args.questions:
         if question not in QUESTIONS:

@@ -85,6 +85,9 @@ learning-mnist)
 peers)
     run bench_peers.py --device cuda --model glow-cifar10 "${peer_args[@]}" \
         --questions train,memory,sample --batch-sizes 64,256 --json "$out/peers.json"
+    run bench_peers.py --device cuda --model glow-cifar10 "${peer_args[@]}" \
+        --implementations glowlab --precision bf16 --channels-last --cuda-graphs \
+        --questions train,sample --batch-sizes 64,256 --json "$out/peers-glowlab-graphed.json"
     ;;
 peers-learning-cifar10 | peers-learning-mnist)
     need_data

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 import glowlab
 from glowlab.metrics import bits_per_dim_from_log_prob
 from glowlab.optim import Adamax
+from glowlab.speed import GraphedCall
 
 N_BITS = 8
 BINS = 2**N_BITS
@@ -131,6 +132,7 @@ class GlowlabContender(Contender):
         memory_mode: str,
         layout: Callable[[nn.Module], Callable[[Tensor], Tensor]],
         warmup_steps: int,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__(config, device, f"glowlab {glowlab.__version__}")
         self.model = build_model(config_name, device, **_overrides(config, config_name))
@@ -139,9 +141,12 @@ class GlowlabContender(Contender):
         self._layout_setup: Callable[[nn.Module], Callable[[Tensor], Tensor]] | None = layout
         self._layout: Callable[[Tensor], Tensor] = lambda x: x
         self.warmup_steps = warmup_steps
+        self.cuda_graphs = cuda_graphs
+        self._sample_graphs: dict[tuple[int, float], GraphedCall] = {}
         self.recipe = (
             f"glowlab.optim.Adamax lr 1e-3, linear warmup over {warmup_steps} steps, "
             f"guarded (bench_learning.py's); {precision}, memory mode {memory_mode}"
+            + (", CUDA graphs" if cuda_graphs else "")
         )
 
     def initialize(self, pixels: Tensor) -> None:
@@ -157,25 +162,57 @@ class GlowlabContender(Contender):
         return bits_per_dim_from_log_prob(log_prob, self.dims, N_BITS)
 
     def sample(self, n: int, temperature: float) -> Tensor:
+        if not self.cuda_graphs:
+            return self._sample(n, temperature)
+        key = (n, temperature)
+        if key not in self._sample_graphs:
+            self._sample_graphs[key] = GraphedCall(
+                lambda: self._sample(n, temperature), device=self.device
+            )
+        return self._sample_graphs[key]()
+
+    def _sample(self, n: int, temperature: float) -> Tensor:
         with precision_context(self.precision, self.model):
             return self.model.sample(n, temperature=temperature)
 
     def optimizer(self) -> torch.optim.Optimizer:
-        return Adamax(self.model.parameters(), lr=1e-3)
+        # A recorded step reads its learning rate from a tensor (GraphedCall).
+        lr = torch.tensor(1e-3, device=self.device) if self.cuda_graphs else 1e-3
+        return Adamax(self.model.parameters(), lr=lr)
 
     def learning_rate(self, base: float, step: int, batch: int, train_size: int) -> float:
         return base * min(1.0, (step + 1) / max(self.warmup_steps, 1))
 
     def training_step(self, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], Tensor]:
-        def step(pixels: Tensor) -> Tensor:  # as the Trainer steps
+        def step(pixels: Tensor, valid: Tensor | None = None) -> Tensor:  # as the Trainer steps
             loss = self.bits_per_dim(pixels).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.clip_grad_norm_()  # type: ignore[attr-defined]
-            optimizer.step(valid=torch.isfinite(loss.detach()))  # type: ignore[call-arg]
+            finite = torch.isfinite(loss.detach())
+            optimizer.step(valid=finite if valid is None else valid & finite)  # type: ignore[call-arg]
             return loss.detach()
 
-        return step
+        return _GraphedSteps(step, self.device) if self.cuda_graphs else step
+
+
+class _GraphedSteps:
+    """A training step recorded as one CUDA graph per batch shape (``warm`` records one
+    without training: its warmup calls reject their updates)."""
+
+    def __init__(self, step: Callable[[Tensor, Tensor], Tensor], device: torch.device) -> None:
+        self.step = step
+        self.yes = torch.ones((), dtype=torch.bool, device=device)
+        self.graphs: dict[tuple[int, ...], GraphedCall] = {}
+
+    def warm(self, pixels: Tensor) -> None:
+        if tuple(pixels.shape) not in self.graphs:
+            no = torch.zeros_like(self.yes)
+            self.graphs[tuple(pixels.shape)] = GraphedCall(self.step, pixels, no)
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        self.warm(pixels)
+        return self.graphs[tuple(pixels.shape)](pixels, self.yes).clone()
 
 
 class RosinalityContender(Contender):

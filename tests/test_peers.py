@@ -286,6 +286,48 @@ def test_learning_side_by_side(
         assert row["test_images"] == 20 and 0 < row["test_bpd"] < 16
 
 
+def test_learning_fills_a_tensor_learning_rate_with_the_schedule(
+    tmp_path: Path,
+    checkouts: dict[str, Path],
+    shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --cuda-graphs glowlab's optimizer reads its rate from a tensor: the loop must
+    fill that tensor, not replace it (checked here on the CPU with a tensor rate)."""
+    made = []
+
+    def optimizer(self: peers.GlowlabContender) -> torch.optim.Optimizer:
+        made.append(peers.Adamax(self.model.parameters(), lr=torch.tensor(1e-3)))
+        return made[-1]
+
+    monkeypatch.setattr(peers.GlowlabContender, "optimizer", optimizer)
+    result = _run(
+        tmp_path, checkouts, "--model", "glow-mnist", "--steps", "1", "--questions", "learning",
+        "--dataset", "mnist", "--data-dir", str(shared_data), "--seconds", "0.2",
+        "--learning-batch", "4", "--sync-every", "2", "--test-limit", "10", "--eval-batch", "10",
+        "--warmup-steps", "1000", "--implementations", "glowlab",
+    )  # fmt: skip
+    steps = result["results"]["learning"][0]["steps"]
+    lr = made[0].param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor)  # still the tensor, filled in place
+    assert float(lr) == pytest.approx(1e-3 * steps / 1000)  # the last step's rate
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_glowlab_graphed_beside_the_peers_on_cuda(
+    tmp_path: Path, checkouts: dict[str, Path]
+) -> None:
+    out = tmp_path / "peers.json"
+    bench_peers.main([
+        "--device", "cuda", "--json", str(out), "--peer", f"y0ast={checkouts['y0ast']}",
+        "--model", "glow-mnist", "--steps", "1", "--batch-sizes", "4", "--warmup", "1",
+        "--repeats", "2", "--rounds", "1", "--n", "4", "--cuda-graphs",
+    ])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert all(r["ms"] > 0 for q in ("train", "sample") for r in result["results"][q])
+    assert "CUDA graphs" in result["implementations"]["glowlab"]["recipe"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -293,6 +335,7 @@ def test_learning_side_by_side(
         (["--peer", "rosinality=/no/such/folder"], "no model.py"),
         (["--questions", "speed"], "unknown question"),
         (["--implementations", "y0ast"], "not glowlab or a --peer kind"),
+        (["--cuda-graphs"], "needs a CUDA device"),
     ],
 )
 def test_bad_options_exit_with_code_2(
