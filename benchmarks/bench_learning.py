@@ -27,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
@@ -50,8 +51,8 @@ from common import (
     precision_context,
     report,
     setup,
+    speed_settings,
     synchronize,
-    use_channels_last,
 )
 from torch import Tensor
 
@@ -61,6 +62,49 @@ from glowlab.optim import Adamax
 from glowlab.speed import GraphedCall
 
 DATASETS = {"mnist": ["train"], "cifar10": [f"train_{k}" for k in range(5)]}
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def add_data_options(parser: argparse.ArgumentParser, default_dataset: str, seconds: str) -> None:
+    """The options of the learning-speed protocol: data, training time, read-backs, test set."""
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default=default_dataset)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO_ROOT.parent / "shared" / "data",
+        help="folder with mnist/ and cifar10/ (default: ../shared/data from the repository root)",
+    )
+    parser.add_argument("--seconds", type=float, default=None, help=seconds)
+    parser.add_argument(
+        "--sync-every",
+        type=int,
+        default=10,
+        help="steps between loss read-backs (and clock checks)",
+    )
+    parser.add_argument("--eval-batch", type=int, default=500)
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="evaluate on the first N test images only (default: all)",
+    )
+
+
+def check_data_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, image_shape: tuple[int, ...]
+) -> None:
+    if args.sync_every < 1:
+        parser.error("--sync-every must be at least 1")
+    if IMAGE_SHAPES[args.dataset] != tuple(image_shape):
+        parser.error(f"model {args.model} expects images {tuple(image_shape)}, {args.dataset} "
+                     f"has {IMAGE_SHAPES[args.dataset]}")  # fmt: skip
+
+
+def load_data(args: argparse.Namespace, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The training set and the (``--test-limit``) test set, uint8, on ``device``."""
+    train = load_split(args.data_dir, args.dataset, "train").to(device)
+    test = load_split(args.data_dir, args.dataset, "test").to(device)
+    return train, test[: args.test_limit] if args.test_limit else test
 
 
 def load_split(data_dir: Path, dataset: str, split: str) -> Tensor:
@@ -99,19 +143,7 @@ def test_bits_per_dim(
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=REPO_ROOT.parent / "shared" / "data",
-        help="folder with mnist/ and cifar10/ (default: ../shared/data from the repository root)",
-    )
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="training time (default: 60 on CPU, 200 on CUDA)",
-    )
+    add_data_options(parser, "mnist", "training time (default: 60 on CPU, 200 on CUDA)")
     parser.add_argument(
         "--batch-size", type=int, default=None, help="default: 32 on CPU, 64 on CUDA"
     )
@@ -125,22 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-bits", type=int, default=8)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--memory-mode", default="standard", choices=MEMORY_MODES)
-    parser.add_argument("--eval-batch", type=int, default=500)
     parser.add_argument("--init-batch", type=int, default=256, help="images for ActNorm's init")
-    parser.add_argument(
-        "--sync-every",
-        type=int,
-        default=10,
-        help="steps between loss read-backs (and clock checks)",
-    )
     add_speed_options(parser)
     add_cuda_graphs_option(parser)
-    parser.add_argument(
-        "--test-limit",
-        type=int,
-        default=None,
-        help="evaluate on the first N test images only (default: all)",
-    )
     args = parser.parse_args(argv)  # fmt: skip
     device = setup(args, default_cpu_model="small-mnist" if args.dataset == "mnist" else "small")
     if args.model == "glow-cifar10" and args.dataset == "mnist" and args.device == "auto":
@@ -151,18 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     warmup_steps = args.warmup_steps if args.warmup_steps is not None else (500 if cuda else 50)
     if (why := check_precision(args.precision, device)) is not None:
         parser.error(why)
-    if args.sync_every < 1:
-        parser.error("--sync-every must be at least 1")
+    check_data_options(parser, args, MODEL_CONFIGS[args.model]["image_shape"])
     check_cuda_graphs(parser, args, device)
 
-    train = load_split(args.data_dir, args.dataset, "train").to(device)
-    test = load_split(args.data_dir, args.dataset, "test").to(device)
-    if args.test_limit:
-        test = test[: args.test_limit]
-    shape = tuple(MODEL_CONFIGS[args.model]["image_shape"])
-    if tuple(train.shape[1:]) != shape:
-        parser.error(f"model {args.model} expects images {shape}, {args.dataset} has "
-                     f"{tuple(train.shape[1:])}")  # fmt: skip
+    train, test = load_data(args, device)
 
     model = build_model(args.model, device).set_memory_mode(args.memory_mode)
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -252,9 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         columns,
         lr=args.lr,
         warmup_steps=warmup_steps,
-        compiled=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        channels_last=use_channels_last(args, device),
+        **speed_settings(args, device),
     )
 
 

@@ -33,7 +33,7 @@ from common import (
     random_images,
     report,
     setup,
-    use_channels_last,
+    speed_settings,
 )
 
 from glowlab.memory import saved_activation_bytes
@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         columns,
         memory_measure=what,
-        compiled=args.compile,
-        channels_last=use_channels_last(args, device),
+        **speed_settings(args, device),
     )
 
 

@@ -48,7 +48,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import statistics
@@ -58,12 +57,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_learning import DATASETS, load_split
+from bench_learning import add_data_options, check_data_options, load_data
 from common import (
     MEMORY_MODES,
     MODEL_CONFIGS,
     PRECISIONS,
-    REPO_ROOT,
     add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
@@ -72,8 +70,11 @@ from common import (
     check_precision,
     csv_list,
     environment,
+    jsonable,
     median_seconds,
     print_table,
+    random_pixels,
+    release,
     setup,
     synchronize,
 )
@@ -151,15 +152,8 @@ class Field:
                     yield name, mode, f"unavailable: {error}"
 
 
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def random_pixels(shape: tuple[int, ...], n: int, device: torch.device, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=generator).to(device)
+def seeded_pixels(shape: tuple[int, ...], n: int, device: torch.device, seed: int) -> Tensor:
+    return random_pixels(shape, n, device, torch.Generator().manual_seed(seed))
 
 
 def guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -246,10 +240,10 @@ def question_train(field: Field) -> list[dict[str, Any]]:
     args, device = field.args, field.device
 
     def prepare(contender: Contender) -> list[Callable[[], Any]]:
-        contender.initialize(random_pixels(contender.image_shape, args.batch_sizes[0], device, 0))
+        contender.initialize(seeded_pixels(contender.image_shape, args.batch_sizes[0], device, 0))
         step = contender.training_step(contender.optimizer())
         batches = [
-            random_pixels(contender.image_shape, b, device, args.seed) for b in args.batch_sizes
+            seeded_pixels(contender.image_shape, b, device, args.seed) for b in args.batch_sizes
         ]
         return [lambda pixels=pixels: step(pixels) for pixels in batches]
 
@@ -267,7 +261,7 @@ def question_memory(field: Field) -> list[dict[str, Any]]:
     args, device = field.args, field.device
 
     def measure(contender: Contender) -> list[dict[str, Any]]:
-        contender.initialize(random_pixels(contender.image_shape, args.batch_sizes[0], device, 0))
+        contender.initialize(seeded_pixels(contender.image_shape, args.batch_sizes[0], device, 0))
         return [guarded(lambda b=batch: train_memory(contender, b, args, device))
                 for batch in args.batch_sizes]  # fmt: skip
 
@@ -281,7 +275,7 @@ def question_memory(field: Field) -> list[dict[str, Any]]:
 def train_memory(
     contender: Contender, batch: int, args: argparse.Namespace, device: torch.device
 ) -> dict[str, Any]:
-    pixels = random_pixels(contender.image_shape, batch, device, args.seed)
+    pixels = seeded_pixels(contender.image_shape, batch, device, args.seed)
     if device.type != "cuda":
         saved = saved_activation_bytes(
             lambda: contender.bits_per_dim(pixels).mean(), exclude=contender.model
@@ -300,7 +294,7 @@ def question_sample(field: Field) -> list[dict[str, Any]]:
     args, device = field.args, field.device
 
     def prepare(contender: Contender) -> list[Callable[[], Any]]:
-        contender.initialize(random_pixels(contender.image_shape, 16, device, 0))
+        contender.initialize(seeded_pixels(contender.image_shape, 16, device, 0))
         contender.model.eval()
 
         def draw() -> Tensor:
@@ -319,15 +313,7 @@ def question_sample(field: Field) -> list[dict[str, Any]]:
 
 def question_learning(field: Field) -> list[dict[str, Any]]:
     args, device = field.args, field.device
-    train = load_split(args.data_dir, args.dataset, "train").to(device)
-    test = load_split(args.data_dir, args.dataset, "test").to(device)
-    if args.test_limit:
-        test = test[: args.test_limit]
-    if tuple(train.shape[1:]) != tuple(field.config["image_shape"]):
-        raise SystemExit(
-            f"model {args.model} expects images {tuple(field.config['image_shape'])}, "
-            f"{args.dataset} has {tuple(train.shape[1:])}"
-        )
+    train, test = load_data(args, device)
 
     def measure(contender: Contender) -> list[dict[str, Any]]:
         return [guarded(lambda: learn(contender, field, train, test))]
@@ -456,18 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--n", type=int, default=32, help="images per sampling call")
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=REPO_ROOT.parent / "shared" / "data",
-        help="folder with mnist/ and cifar10/ (default: ../shared/data from the repository root)",
-    )
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="training time per implementation (default: 60 on CPU, 200 on CUDA)",
+    add_data_options(
+        parser, "cifar10", "training time per implementation (default: 60 on CPU, 200 on CUDA)"
     )
     parser.add_argument(
         "--learning-batch", type=int, default=None, help="default: 16 on CPU, 64 on CUDA"
@@ -478,9 +454,6 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="glowlab's learning-rate warmup (default: 50 on CPU, 500 on CUDA)",
     )
-    parser.add_argument("--sync-every", type=int, default=10)
-    parser.add_argument("--eval-batch", type=int, default=500)
-    parser.add_argument("--test-limit", type=int, default=None)
     add_speed_options(parser)
     add_cuda_graphs_option(parser)
     args = parser.parse_args(argv)  # fmt: skip
@@ -509,8 +482,8 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup_steps = 500 if cuda else 50
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
-    if args.sync_every < 1:
-        parser.error("--sync-every must be at least 1")
+    if "learning" in args.questions:
+        check_data_options(parser, args, MODEL_CONFIGS[args.model]["image_shape"])
     if args.rounds < 1 or args.repeats < 1:
         parser.error("--rounds and --repeats must be at least 1")
 
@@ -529,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json is not None:
         payload = {
             "environment": env,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": jsonable(vars(args)),
             "model_config": field.config,
             "implementations": field.described,
             "results": results,

@@ -32,8 +32,8 @@ from common import (
     random_images,
     report,
     setup,
+    speed_settings,
     time_calls,
-    use_channels_last,
 )
 from torch import Tensor
 
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         device,
         rows,
         columns,
-        compiled=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        channels_last=use_channels_last(args, device),
+        **speed_settings(args, device),
         repeats=args.repeats,
     )
 

@@ -25,7 +25,6 @@ see ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Callable
 
@@ -44,9 +43,10 @@ from common import (
     median_seconds,
     precision_context,
     random_images,
+    release,
     report,
     setup,
-    use_channels_last,
+    speed_settings,
 )
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
@@ -156,10 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                 if args.cuda_graphs:
                     step = GraphedCall(step, device=device)
                 seconds = median_seconds(step, device, args.warmup, args.repeats)
-                del step  # a graph keeps its memory pool: free it before the next one
-                gc.collect()
-                if args.cuda_graphs:
-                    torch.cuda.empty_cache()
+                del step
+                release(device)  # a CUDA graph's memory pool, before the next setting
                 tflops = flops / seconds / 1e12
                 rows.append({
                     "batch": batch, "precision": precision, "memory_mode": mode,
@@ -178,9 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         device,
         rows,
         columns,
-        compiled=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        channels_last=use_channels_last(args, device),
+        **speed_settings(args, device),
         matmul_size=matmul_size,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import gc
 import json
 import os
 import platform
@@ -114,6 +115,15 @@ def use_channels_last(args: argparse.Namespace, device: torch.device) -> bool:
     return args.channels_last if args.channels_last is not None else device.type == "cpu"
 
 
+def speed_settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The speed options a run used, for its report: compiled, CUDA graphs, layout."""
+    return {
+        "compiled": args.compile,
+        "cuda_graphs": getattr(args, "cuda_graphs", False),
+        "channels_last": use_channels_last(args, device),
+    }
+
+
 def apply_speed_options(
     args: argparse.Namespace, model: FlowModel, device: torch.device
 ) -> Callable[[Tensor], Tensor]:
@@ -167,12 +177,27 @@ def build_model(name: str, device: torch.device, **overrides: Any) -> FlowModel:
         return glowlab.Glow(shape, **config)  # type: ignore[arg-type]
 
 
+def random_pixels(
+    shape: Sequence[int], batch: int, device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """Random 8-bit images ``(batch, *shape)``, uint8, on ``device``."""
+    pixels = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=generator)
+    return pixels.to(device)
+
+
 def random_images(
     shape: Sequence[int], batch: int, device: torch.device, generator: torch.Generator | None = None
 ) -> Tensor:
     """Dequantized random 8-bit images ``(batch, *shape)`` in [-0.5, 0.5), float32."""
-    pixels = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=generator)
+    pixels = random_pixels(shape, batch, torch.device("cpu"), generator)
     return glowlab.dequantize(pixels, dtype=torch.float32, generator=generator).to(device)
+
+
+def release(device: torch.device) -> None:
+    """Free what the last measurement left behind (a CUDA graph keeps its memory pool)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # -- precision ---------------------------------------------------------------------------------
@@ -290,11 +315,11 @@ def report(
         print(f"# {key}: {value}")
     print_table(rows, columns)
     if args.json is not None:
-        payload = {"environment": env, "args": _jsonable(vars(args)), **extra, "results": rows}
+        payload = {"environment": env, "args": jsonable(vars(args)), **extra, "results": rows}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"# wrote {args.json}")
 
 
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+def jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}

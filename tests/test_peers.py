@@ -336,6 +336,10 @@ def test_glowlab_graphed_beside_the_peers_on_cuda(
         (["--questions", "speed"], "unknown question"),
         (["--implementations", "y0ast"], "not glowlab or a --peer kind"),
         (["--cuda-graphs"], "needs a CUDA device"),
+        (
+            ["--questions", "learning", "--model", "glow-cifar10", "--dataset", "mnist"],
+            "expects images (3, 32, 32), mnist has (1, 28, 28)",
+        ),
     ],
 )
 def test_bad_options_exit_with_code_2(
