@@ -36,8 +36,7 @@ import json
 import os
 import re
 import secrets
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +44,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._files import make_readable
+from ._files import atomic_write
 from ._optional import require
 from .errors import GlowlabError
 from .models import FlowModel, build_model
@@ -140,43 +139,6 @@ def build_model_on(
 
 
 # -- atomic files -----------------------------------------------------------------------
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Create ``path`` through ``write(tmp)`` on a temporary file in the same folder.
-
-    The temporary file is flushed to disk and renamed over ``path``, and the folder entry is
-    flushed too, so ``path`` is either the old file or the complete new one, never a mix.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        make_readable(tmp)  # after write(): a writer may replace the file it was given
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -92,7 +92,7 @@ class ImageSet:
         idx = torch.arange(len(self))[index]
         labels = None if self.labels is None else self.labels[idx]
         attributes = None if self.attributes is None else self.attributes[idx]
-        names = [self.names[int(i)] for i in idx]
+        names = [self.names[i] for i in idx.tolist()]
         return ImageSet(
             self.images[idx], labels, names, self.classes, attributes, self.attribute_names
         )
@@ -378,7 +378,11 @@ def images_for(
     limit: int | None = None,
 ) -> ImageSet:
     """Read ``source`` and convert (``fit``) or check its images against the model's shape."""
-    image_set = load_images(source, data_dir, limit)
+    return fit_image_set(model, load_images(source, data_dir, limit), source, fit)
+
+
+def fit_image_set(model: FlowModel, image_set: ImageSet, source: str, fit: FitMode) -> ImageSet:
+    """Convert (``fit``) or check ``image_set``'s images against the model's shape, in place."""
     images = (
         fit_images(image_set.images, model.image_shape, fit) if fit != "none" else image_set.images
     )

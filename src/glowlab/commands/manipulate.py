@@ -12,8 +12,9 @@ from ..imageio import (
     ImageSet,
     add_source_arguments,
     command_inputs,
-    images_for,
+    fit_image_set,
     labels_for,
+    load_images,
     read_attribute_table,
     save_rows,
     to_model_input,
@@ -144,14 +145,23 @@ def run(args: argparse.Namespace) -> int:
     if args.direction is not None:
         direction = load_direction(args.direction)
     else:
-        labelled = images_for(model, args.source or args.images, args.data_dir, args.fit)
+        source = args.source or args.images
+        labelled = load_images(source, args.data_dir)
         positive, negative, name = _split(labelled, args)
         positive, negative = positive.bool(), negative.bool()
         for what, mask in (("with", positive), ("without", negative)):
             if not bool(mask.any()):
                 raise ValueError(f"no labelled images {what} the attribute ({name})")
-        pos_set = labelled.subset(torch.nonzero(positive).ravel()[: args.max_images])
-        neg_set = labelled.subset(torch.nonzero(negative).ravel()[: args.max_images])
+        # Only the images used are converted to the model's shape, not the whole source.
+        pos_set, neg_set = (
+            fit_image_set(
+                model,
+                labelled.subset(torch.nonzero(m).ravel()[: args.max_images]),
+                source,
+                args.fit,
+            )
+            for m in (positive, negative)
+        )
         direction = attribute_direction(
             model,
             to_model_input(model, pos_set.images, n_bits),

@@ -20,7 +20,7 @@ from urllib.request import urlopen
 
 import numpy as np
 
-from .._files import make_readable
+from .._files import atomic_write, make_readable
 from .base import ChecksumError, DatasetNotFoundError
 
 __all__ = ["RemoteFile", "download_url", "md5sum", "resolve_files"]
@@ -203,12 +203,9 @@ def save_npz_atomic(path: Path, **arrays: object) -> None:
 
     Readers therefore never see a half-written cache, even if processing is interrupted.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    make_readable(fd)
-    try:
-        with os.fdopen(fd, "wb") as out:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:  # a file object: given a name, numpy would add ".npz"
             np.savez_compressed(out, **arrays)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+
+    atomic_write(path, write)
