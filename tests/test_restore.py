@@ -138,3 +138,12 @@ def test_restore_rejects_bad_input() -> None:
         restore(gray_model, torch.rand(1, 1, 8, 8), "inpaint")
     with pytest.raises(ValueError, match="sigma"):
         restore(gray_model, x, "denoise", sigma=0.0)
+
+
+def test_a_non_finite_objective_is_an_error_not_a_result() -> None:
+    model = glowlab.Glow((3, 4, 4), levels=1, steps=1, hidden_channels=8)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    clean = torch.rand(2, 3, 4, 4) - 0.5
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        restore(model, clean, "denoise", steps=3, generator=torch.Generator().manual_seed(0))

@@ -98,3 +98,12 @@ def test_rasteriser_places_points_and_lines() -> None:
     assert (pixels[5, :, 2] == 255).all() and (pixels[5, :, 0] == 0).all()
     panel.heatmap(np.array([[0.0, 1.0]]))
     assert pixels[0, 0].tolist() != pixels[0, 10].tolist()
+
+
+def test_a_non_finite_toy_loss_is_an_error() -> None:
+    flow = ToyFlow()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train_toy("moons", steps=3, flow=flow)

@@ -216,14 +216,11 @@ class Panel:
         keep = self._inside(rr, cc)
         self.canvas.put(rr[keep].astype(np.int64), cc[keep].astype(np.int64), color, alpha)
 
-    def heatmap(
-        self, values: np.ndarray, vmin: float | None = None, vmax: float | None = None
-    ) -> None:
+    def heatmap(self, values: np.ndarray) -> None:
         """Fill the panel with ``values`` ``(rows, cols)``, row 0 at the top, scaled to fit."""
         values = np.asarray(values, dtype=np.float64)
         top, left, height, width = self.box
-        lo = float(np.nanmin(values)) if vmin is None else vmin
-        hi = float(np.nanmax(values)) if vmax is None else vmax
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
         scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
         ri = np.arange(height) * values.shape[0] // height
         ci = np.arange(width) * values.shape[1] // width

@@ -114,6 +114,7 @@ def _maximise(
     optimizer = torch.optim.Adam([params], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     dims = math.prod(model.image_shape)
+    finite = torch.ones((), dtype=torch.bool, device=params.device)
     try:
         with torch.enable_grad():
             for _ in range(steps):
@@ -122,14 +123,15 @@ def _maximise(
                 if penalty is not None:
                     loss = loss + penalty(x)
                 loss = loss.sum() / dims
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        "the restoration objective became non-finite; lower the learning rate"
-                    )
+                finite &= torch.isfinite(loss.detach())  # read once, after the loop
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+        if not bool(finite):
+            raise FloatingPointError(
+                "the restoration objective became non-finite; lower the learning rate"
+            )
     finally:
         for p, r in zip(model.parameters(), requires, strict=True):
             p.requires_grad_(r)
@@ -274,7 +276,7 @@ class Restoration:
     0, the noisy image, the gray image, the upsampled low-resolution image).
     """
 
-    task: str
+    task: Task
     clean: Tensor
     observed: Tensor
     baseline: Tensor
@@ -308,7 +310,7 @@ class Restoration:
 
 def degrade(
     clean: Tensor,
-    task: str,
+    task: Task,
     sigma: float = 0.1,
     mask: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -333,7 +335,7 @@ def degrade(
 def restore(
     model: FlowModel,
     clean: Tensor,
-    task: str,
+    task: Task,
     steps: int = 300,
     lr: float | None = None,
     sigma: float = 0.1,

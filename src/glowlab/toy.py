@@ -87,7 +87,7 @@ def sample_rings(
     return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
 
 
-def sample_density(name: str, n: int, generator: torch.Generator | None = None) -> Tensor:
+def sample_density(name: Density, n: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` samples ``(n, 2)`` of the toy density ``name`` (one of :data:`DENSITIES`)."""
     if name == "moons":
         return sample_moons(n, generator=generator)
@@ -184,7 +184,7 @@ def _check_points(x: Tensor) -> None:
 
 
 def train_toy(
-    density: str,
+    density: Density,
     steps: int = 2000,
     batch_size: int = 256,
     lr: float = 2e-3,
@@ -205,17 +205,18 @@ def train_toy(
     flow.train()
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    reference = next(flow.parameters())
+    finite = torch.ones((), dtype=torch.bool, device=reference.device)
     for _ in range(steps):
-        x = sample_density(density, batch_size, generator).to(next(flow.parameters()))
+        x = sample_density(density, batch_size, generator).to(reference)
         loss = -flow.log_prob(x).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                "the toy flow's loss became non-finite; lower the learning rate"
-            )
+        finite &= torch.isfinite(loss.detach())  # read once, after the loop
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
+    if not bool(finite):
+        raise FloatingPointError("the toy flow's loss became non-finite; lower the learning rate")
     return flow.eval()
 
 

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--indices must be non-negative, got {min(args.indices)}")
     model, n_bits = load_model(args.checkpoint, args.device)
     image_set = images_for(model, args.images, args.data_dir, args.fit, max(args.indices) + 1)
-    if max(args.indices) >= len(image_set) or min(args.indices) < 0:
+    if max(args.indices) >= len(image_set):
         raise ValueError(f"--indices must be in [0, {len(image_set) - 1}] for {args.images}")
     chosen = image_set.subset(torch.tensor(args.indices))
     y = labels_for(model, chosen, args.label)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..data import canonical_name
-from ..imageio import FitMode, images_for, load_model
+from ..imageio import FitMode, add_source_arguments, images_for, load_model
 from ..images import save_png
 from ..models import FlowModel
 from ..ood import SCORES, noise_images, ood_scores
@@ -29,11 +29,8 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "checkpoint",
-        metavar="CKPT",
-        help="checkpoint: a .json manifest, weights file or run folder",
-    )
+    add_source_arguments(parser, images=False)
+    parser.set_defaults(fit="pad")  # outliers such as MNIST rarely have the model's shape
     parser.add_argument(
         "--in", dest="inliers", required=True, help="in-distribution test images, e.g. cifar10:test"
     )
@@ -49,13 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "when --in is a dataset; required otherwise)",
     )
     parser.add_argument("--count", type=int, default=1000, help="images per set")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
-    parser.add_argument(
-        "--fit",
-        choices=("none", "pad", "resize"),
-        default="pad",
-        help="convert outliers to the model's shape",
-    )
     parser.add_argument(
         "--typicality-batch", type=int, default=1, help="inputs per typicality test (M)"
     )
@@ -64,8 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", metavar="FILE", help="also write the AUROCs and per-image scores as JSON"
     )
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def _images(source: str, model: FlowModel, args: argparse.Namespace, fit: FitMode) -> torch.Tensor:
