@@ -40,6 +40,7 @@ __all__ = [
     "LUMA",
     "FitMode",
     "ImageSet",
+    "add_output_arguments",
     "add_source_arguments",
     "check_image_shape",
     "fit_images",
@@ -353,6 +354,14 @@ def add_source_arguments(parser: argparse.ArgumentParser, images: bool = True) -
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """``--label``, ``--out`` and ``--zoom``: the options of every command that writes a PNG of
+    model images."""
+    parser.add_argument("--label", type=int, help="class of every image (class-conditional models)")
+    parser.add_argument("--out", default=out, help="output PNG")
+    parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
 
 
 def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[FlowModel, int]:

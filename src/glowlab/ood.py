@@ -82,10 +82,8 @@ def per_image_bits_per_dim(
     out = []
     for start in range(0, images.shape[0], batch_size):
         yb = None if y is None else y[start : start + batch_size]
-        out.append(
-            bits_per_dim(model, images[start : start + batch_size], n_bits, yb, generator).cpu()
-        )
-    return torch.cat(out).double()
+        out.append(bits_per_dim(model, images[start : start + batch_size], n_bits, yb, generator))
+    return torch.cat(out).double().cpu()  # one copy back, after every batch is queued
 
 
 def auroc(in_scores: Tensor | np.ndarray, out_scores: Tensor | np.ndarray) -> float:

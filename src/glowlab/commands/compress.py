@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..imageio import (
+    add_output_arguments,
     add_source_arguments,
     command_inputs,
     save_rows,
@@ -33,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="temperature of the resampled latents"
     )
-    parser.add_argument("--label", type=int, help="class of every image (class-conditional models)")
-    parser.add_argument("--out", default="compress.png", help="output PNG")
-    parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
+    add_output_arguments(parser, "compress.png")
 
 
 def run(args: argparse.Namespace) -> int:

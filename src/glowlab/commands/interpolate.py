@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from ..imageio import (
+    add_output_arguments,
     add_source_arguments,
     images_for,
     labels_for,
@@ -42,9 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="both",
         help="interpolation in latent space",
     )
-    parser.add_argument("--label", type=int, help="class of every image (class-conditional models)")
-    parser.add_argument("--out", default="interpolate.png", help="output PNG")
-    parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
+    add_output_arguments(parser, "interpolate.png")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import torch
 
 from ..imageio import (
     ImageSet,
+    add_output_arguments,
     add_source_arguments,
     command_inputs,
     fit_image_set,
@@ -62,9 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-direction", metavar="FILE", help="write the direction (.safetensors or .pt)"
     )
-    parser.add_argument("--label", type=int, help="class of every image (class-conditional models)")
-    parser.add_argument("--out", default="manipulate.png", help="output PNG")
-    parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
+    add_output_arguments(parser, "manipulate.png")
 
 
 def _class_index(image_set: ImageSet, spec: str) -> int:

@@ -6,6 +6,7 @@ import argparse
 
 from ..data import reduce_bits
 from ..imageio import (
+    add_output_arguments,
     add_source_arguments,
     command_inputs,
     save_rows,
@@ -25,9 +26,7 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--count", type=int, default=8, help="number of images")
-    parser.add_argument("--label", type=int, help="class of every image (class-conditional models)")
-    parser.add_argument("--out", default="reconstruct.png", help="output PNG")
-    parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
+    add_output_arguments(parser, "reconstruct.png")
 
 
 def run(args: argparse.Namespace) -> int:

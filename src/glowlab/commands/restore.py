@@ -8,6 +8,7 @@ import json
 import torch
 
 from ..imageio import (
+    add_output_arguments,
     add_source_arguments,
     command_inputs,
     save_rows,
@@ -37,10 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mask-size", type=float, default=0.5, help="side of the inpainted square / image side"
     )
-    parser.add_argument("--label", type=int, help="class of every image (class-conditional models)")
-    parser.add_argument("--out", default="restore.png", help="output PNG")
+    add_output_arguments(parser, "restore.png")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
-    parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
 
 
 def run(args: argparse.Namespace) -> int:
