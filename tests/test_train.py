@@ -517,6 +517,25 @@ def test_repeated_failures_roll_back_with_a_lower_learning_rate(tmp_path: Path) 
     assert train[-1]["lr"] == pytest.approx(0.5 * config.optim.lr)
 
 
+def test_a_run_of_failures_across_two_checks_rolls_back(tmp_path: Path) -> None:
+    """The accept flags are read every log_every steps: four failures in a row, two before
+    the check at step 4 and two after it, are one run, found at the check after step 8."""
+    torch.set_default_dtype(torch.float32)
+    config = _digits(
+        "train.steps=8", "train.log_every=4", "train.checkpoint_every=4", "train.nan_patience=4"
+    )
+    trainer = Trainer(config, tmp_path)
+    _poison(trainer, {3, 4, 5, 6})
+    trainer.fit()
+    assert trainer.state.rollbacks == 1 and trainer.state.rejected == 4
+    events = [r for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
+    rejected = [r for r in events if r["message"].startswith("rejected step")]
+    assert [r["step"] for r in rejected] == [3, 4, 5, 6]
+    assert "(4 in a row)" in rejected[-1]["message"]
+    rollback = [r["message"] for r in events if r["message"].startswith("rolled back")]
+    assert len(rollback) == 1 and "from step 8 to the checkpoint at step 4" in rollback[0]
+
+
 def test_persistent_failures_stop_with_a_clear_error(tmp_path: Path) -> None:
     torch.set_default_dtype(torch.float32)
     config = _digits("train.steps=5", "train.nan_patience=2", "train.max_rollbacks=2")

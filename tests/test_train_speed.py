@@ -70,7 +70,12 @@ def test_bf16_training_keeps_the_float32_likelihood(tmp_path: Path) -> None:
 def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     # aot_eager traces every flow step through dynamo and AOT autograd without a compiler.
     compiled = ["train.compile=true", "train.compile_backend=aot_eager"]
-    losses, bpd = _fit(tmp_path / "compiled", "train.steps=2", *compiled)
+    trainer = Trainer(_config("train.steps=2", *compiled), tmp_path / "compiled")
+    layers = [layer for level in trainer.model.levels for layer in level.flow]
+    assert all(layer._compiled_call_impl is not None for layer in layers)  # really compiled
+    result = trainer.fit()
+    log = read_log(tmp_path / "compiled" / "log.jsonl")
+    losses, bpd = [r["loss_bpd"] for r in log if r["kind"] == "train"], result["test_bpd"]
     reference, reference_bpd = _fit(tmp_path / "eager", "train.steps=2")
     assert losses == pytest.approx(reference, rel=1e-5)
     assert bpd == pytest.approx(reference_bpd, rel=1e-5)

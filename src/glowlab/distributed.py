@@ -117,7 +117,8 @@ def setup_distributed(backend: str | None = None, device: str | None = None) -> 
     Args:
         backend: ``"nccl"`` on CUDA and ``"gloo"`` otherwise when ``None``.
         device: ``"cuda"`` or ``"cpu"``; CUDA when available when ``None``. On CUDA each
-            process uses the GPU ``cuda:LOCAL_RANK`` and makes it the current device.
+            of several processes uses the GPU ``cuda:LOCAL_RANK`` and makes it the current
+            device; a single process keeps the current device.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -130,8 +131,9 @@ def setup_distributed(backend: str | None = None, device: str | None = None) -> 
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for, but CUDA is not available")
-        torch.cuda.set_device(local_rank)
-        where = torch.device("cuda", local_rank)
+        if world_size > 1:
+            torch.cuda.set_device(local_rank)
+        where = torch.device("cuda", torch.cuda.current_device())
     else:
         where = torch.device("cpu")
     if world_size > 1 and not is_distributed():

@@ -228,7 +228,12 @@ class Trainer:
         # Only these, not every buffer: copying Glow's many constant ones each step would
         # cost a kernel launch apiece.
         self._running_stats = _running_stats(self.model)
-        self._ema_stats: tuple[nn.Module | None, list[Tensor]] = (None, [])  # the EMA's
+        self._saved_stats = [b.clone() for b in self._running_stats]  # reused every step
+        # The EMA model and its parameters, with the model's, and its batch-norm buffers:
+        # found once per EMA model, not walked every step.
+        self._ema_lists: tuple[nn.Module | None, list[Tensor], list[Tensor], list[Tensor]] = (
+            None, [], [], []
+        )  # fmt: skip
         self.ema: FlowModel | None = None  # created after the ActNorm init
         if self.device.type == "cuda":
             set_tf32(config.train.precision == "tf32")  # fp32 means no TF32 anywhere
@@ -246,10 +251,6 @@ class Trainer:
         notes: list[str] = []
         if resume:  # before writing anything: a checkpoint that does not match leaves OUT as is
             notes = self._restore(last, check_config=True)
-            # The final `last` of a finished run is written before its final evaluation,
-            # which may have improved `best` since.
-            saved_best = _saved_best_bpd(self.checkpoint_dir / "best.json")
-            self.state.best_bpd = _lowest(self.state.best_bpd, saved_best)
         self.log: RunLog | _SilentLog = _SilentLog()
         if self.ctx.is_main:  # one process writes the run folder
             save_config(config, self.out_dir / "config.json")
@@ -306,9 +307,10 @@ class Trainer:
         index = self._epoch_order(self.state.epoch)[self.state.position : self.state.position + b]
         self.state.position += b
         images = self.train_images[index].to(self.device, non_blocking=True)
-        labels = self.train_labels[index].to(self.device, non_blocking=True)
-        x = self._share(self._prepare(images, augment=True))
-        return self._layout(x), self._share(labels) if self.model.conditional else None
+        x = self._layout(self._share(self._prepare(images, augment=True)))
+        if not self.model.conditional:
+            return x, None
+        return x, self._share(self.train_labels[index].to(self.device, non_blocking=True))
 
     def _share(self, batch: Tensor) -> Tensor:
         """This process's contiguous part of a global batch (all of it in one process)."""
@@ -371,18 +373,21 @@ class Trainer:
         t = self.state.step
         decay = min(self.config.optim.ema_decay, (1 + t) / (10 + t))
         weight = applied.to(self.dtype) * (1 - decay)
-        ema_params = list(self.ema.parameters())
+        if self._ema_lists[0] is not self.ema:
+            self._ema_lists = (
+                self.ema, list(self.ema.parameters()), list(self.model.parameters()),
+                _running_stats(self.ema),
+            )  # fmt: skip
+        _, ema_params, params, ema_stats = self._ema_lists
         # ema += weight * (p - ema): exact for weight 0; a foreach lerp would read the
         # tensor weight back to the host.
-        change = torch._foreach_sub([p.detach() for p in self.model.parameters()], ema_params)
+        change = torch._foreach_sub(params, ema_params)
         torch._foreach_mul_(change, weight)
         torch._foreach_add_(ema_params, change)
         # The buffers that training changes (the ActNorm init flags were copied with the
         # model, and the rest are constants).
         if self._running_stats:
-            if self._ema_stats[0] is not self.ema:  # found once per EMA model, not per step
-                self._ema_stats = (self.ema, _running_stats(self.ema))
-            torch._foreach_copy_(self._ema_stats[1], self._running_stats)
+            torch._foreach_copy_(ema_stats, self._running_stats)
 
     # -- optimizer -----------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
@@ -424,7 +429,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.state.step)
         self.model.train()
-        saved_stats = [b.clone() for b in self._running_stats] if self._running_stats else None
+        if self._running_stats:
+            torch._foreach_copy_(self._saved_stats, self._running_stats)
         terms = self.loss_terms(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -441,10 +447,10 @@ class Trainer:
             terms = dict(zip(names, packed[:-1].unbind(), strict=True))
             finite = packed[-1] == 1
         applied = self.optimizer.step(valid=finite)
-        if saved_stats is not None:  # the forward pass moved them, towards NaN if rejected
+        if self._running_stats:  # the forward pass moved them, towards NaN if rejected
             with torch.no_grad():
-                for buffer, saved in zip(self._running_stats, saved_stats, strict=True):
-                    buffer.copy_(torch.where(applied, buffer, saved))
+                for buffer, saved in zip(self._running_stats, self._saved_stats, strict=True):
+                    torch.where(applied, buffer, saved, out=buffer)
         self.state.step += 1
         self.state.images_seen += self.config.train.batch_size
         self._update_ema(applied)
@@ -479,8 +485,10 @@ class Trainer:
                 )
                 if not boundary:
                     continue
-                # The one host synchronisation in a log interval: which steps were applied.
-                flags = torch.stack(pending).tolist()
+                # The one host synchronisation in a log interval: which steps were applied,
+                # and the sums of the applied steps' terms, in one transfer.
+                read = torch.cat([torch.stack(pending).to(torch.float64), sums]).tolist()
+                flags, term_sums = read[: len(pending)], read[len(pending) :]
                 first = step - len(flags) + 1
                 pending = []
                 run = failures
@@ -509,8 +517,9 @@ class Trainer:
                     continue
                 if (step % c.log_every == 0 or step == c.steps) and count:
                     now = time.perf_counter()
-                    values = (sums / count).tolist()
-                    record = dict(zip(names, values, strict=True))
+                    record = {
+                        name: total / count for name, total in zip(names, term_sums, strict=True)
+                    }
                     record.update(
                         dequant_bpd=float(self.config.data.n_bits),
                         lr=self.learning_rate(step - 1),
@@ -560,7 +569,6 @@ class Trainer:
         lr_scale = self.state.lr_scale * c.rollback_lr_factor
         rollbacks, rejected = self.state.rollbacks + 1, self.state.rejected
         failed_at = self.state.step
-        best_bpd = self.state.best_bpd  # `best` may have improved since `last` was written
         last = self.checkpoint_dir / "last.json"
         notes = self._restore(last, check_config=False)
         self.state.lr_scale, self.state.rollbacks, self.state.rejected = (
@@ -568,7 +576,6 @@ class Trainer:
             rollbacks,
             rejected,
         )
-        self.state.best_bpd = _lowest(best_bpd, self.state.best_bpd)
         for note in notes:
             self.log.event(self.state.step, note)
         self.log.event(
@@ -711,7 +718,11 @@ class Trainer:
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
             raise CheckpointError(f"cannot restore the optimizer from {path}: {exc}") from None
         _set_rng_state(checkpoint.state["rng"], self.generator)
+        # `best` may have improved since `path` was written: by this run before a rollback,
+        # or by the final evaluation of a finished run, which follows its final `last`.
+        best = _lowest(self.state.best_bpd, _saved_best_bpd(self.checkpoint_dir / "best.json"))
         self.state = TrainState(**checkpoint.manifest["train_state"])
+        self.state.best_bpd = _lowest(best, self.state.best_bpd)
         self._order = None
         return notes
 
@@ -890,7 +901,7 @@ def _allow_recompiles(limit: int) -> None:
 def _process_context(device: torch.device) -> DistributedContext:
     """This process's place: under torchrun, join the process group (gloo on the CPU)."""
     ctx = setup_distributed(device=device.type)
-    if not ctx.distributed:  # one process: keep the device exactly as resolved
+    if not ctx.distributed:  # one process: the device as resolved (cuda:1 stays cuda:1)
         return DistributedContext(0, 1, 0, device)
     return ctx
 
