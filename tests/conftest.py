@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from glowlab.runlog import read_log
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GLOWLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -30,3 +32,8 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist" / "train.npz").exists():
         pytest.skip(f"offline datasets not found at {SHARED_DATA} (set GLOWLAB_SHARED_DATA)")
     return SHARED_DATA
+
+
+def train_losses(log: Path) -> dict[int, float]:
+    """The logged training loss of each step of a run's log (a resumed run's record wins)."""
+    return {r["step"]: r["loss_bpd"] for r in read_log(log) if r["kind"] == "train"}

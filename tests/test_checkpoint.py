@@ -79,11 +79,8 @@ def test_crash_while_writing_weights_keeps_the_old_checkpoint(tmp_path: Path, mo
         assert torch.equal(a, b)
 
 
-def test_crash_before_the_manifest_is_replaced_keeps_the_old_checkpoint(
-    tmp_path: Path, monkeypatch
-) -> None:
-    old = _model()
-    path = _write_tagged(tmp_path, old, "00000001")
+def _fail_manifest_replace(monkeypatch) -> None:
+    """Make the rename of a manifest into place fail, as on a full disk."""
     real_replace = ckpt.os.replace
 
     def replace(src, dst):
@@ -92,15 +89,27 @@ def test_crash_before_the_manifest_is_replaced_keeps_the_old_checkpoint(
         real_replace(src, dst)
 
     monkeypatch.setattr(ckpt.os, "replace", replace)
+
+
+def _assert_weights(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    assert weights.keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(weights[key], value)
+
+
+def test_crash_before_the_manifest_is_replaced_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    old = _model()
+    path = _write_tagged(tmp_path, old, "00000001")
+    _fail_manifest_replace(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         _write_tagged(tmp_path, _model(), "00000002")
     monkeypatch.undo()
     checkpoint = read_checkpoint(path, with_state=True)  # sizes and hashes still match
     assert checkpoint.manifest["weights"]["file"].startswith("last-00000001-")
     assert torch.equal(checkpoint.state["x"], torch.ones(3))
-    assert checkpoint.weights.keys() == old.state_dict().keys()
-    for key, value in old.state_dict().items():
-        assert torch.equal(checkpoint.weights[key], value)
+    _assert_weights(checkpoint.weights, old)
     # The next successful write removes the orphaned files of the failed one.
     _write_tagged(tmp_path, old, "00000003")
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -123,26 +132,17 @@ def test_crash_while_rewriting_a_checkpoint_keeps_the_old_one(
 
     old = _model()
     path = write(old)
-    real_replace = ckpt.os.replace
-
-    def replace(src, dst):
-        if str(dst).endswith(".json"):
-            raise OSError("disk full")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(ckpt.os, "replace", replace)
+    _fail_manifest_replace(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         write(_model())
     monkeypatch.undo()
     loaded = read_checkpoint(path, with_state=how == "same tag")  # sizes and hashes match
-    for key, value in old.state_dict().items():
-        assert torch.equal(loaded.weights[key], value)
+    _assert_weights(loaded.weights, old)
     new = _model()
     write(new)  # a successful rewrite leaves only its own files
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == (3 if how == "same tag" else 2)
-    for key, value in new.state_dict().items():
-        assert torch.equal(read_checkpoint(path).weights[key], value)
+    _assert_weights(read_checkpoint(path).weights, new)
 
 
 def test_checkpoints_with_the_old_file_names_still_load(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import glowlab
+from conftest import train_losses
 from glowlab import cli
 from glowlab.checkpoint import CheckpointError
 from glowlab.config import (
@@ -233,14 +234,6 @@ def _train_command(out: Path, steps: int, *extra: str) -> list[str]:
     return command + [arg for s in sets for arg in ("--set", s)] + list(extra)
 
 
-def _losses(log: Path) -> dict[int, float]:
-    losses = {}
-    for record in read_log(log):
-        if record["kind"] == "train":
-            losses[record["step"]] = record["loss_bpd"]  # a resumed run's record wins
-    return losses
-
-
 def test_resume_after_sigkill_reproduces_the_losses(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"
@@ -270,7 +263,7 @@ def test_resume_after_sigkill_reproduces_the_losses(tmp_path: Path) -> None:
     resume = [sys.executable, "-m", "glowlab", "train", "--out", str(killed), "--resume",
               "--set", "train.steps=25", "--no-progress"]  # fmt: skip
     subprocess.run(resume, env=env, check=True, capture_output=True)
-    expected, got = _losses(reference / "log.jsonl"), _losses(killed / "log.jsonl")
+    expected, got = train_losses(reference / "log.jsonl"), train_losses(killed / "log.jsonl")
     assert sorted(got) == sorted(expected) == list(range(1, 26))
     assert got == expected  # exact equality, step by step
     events = [r["message"] for r in read_log(killed / "log.jsonl") if r["kind"] == "event"]

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 import glowlab.train
+from conftest import train_losses
 from glowlab.config import TrainConfig, apply_overrides, get_preset
 from glowlab.distributed import barrier, cleanup
 from glowlab.models import FlowModel
@@ -110,14 +111,6 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     cleanup()
 
 
-def _train_losses(log: Path) -> dict[int, float]:
-    losses: dict[int, float] = {}
-    for record in read_log(log):
-        if record["kind"] == "train":
-            losses[record["step"]] = record["loss_bpd"]  # a resumed run's record wins
-    return losses
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (dist.is_available() and dist.is_gloo_available()):
@@ -139,8 +132,8 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_two_processes_log_the_losses_of_one(two_processes: Path, one_process: dict) -> None:
-    expected = _train_losses(one_process["run"] / "log.jsonl")
-    got = _train_losses(two_processes / "run" / "log.jsonl")
+    expected = train_losses(one_process["run"] / "log.jsonl")
+    got = train_losses(two_processes / "run" / "log.jsonl")
     assert sorted(got) == sorted(expected) == list(range(1, TOTAL + 1))  # resumed at step 3
     for step, loss in expected.items():
         assert got[step] == pytest.approx(loss, rel=1e-10, abs=1e-10), step
