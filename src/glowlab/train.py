@@ -306,11 +306,18 @@ class Trainer:
             self.state.epoch, self.state.position = self.state.epoch + 1, 0
         index = self._epoch_order(self.state.epoch)[self.state.position : self.state.position + b]
         self.state.position += b
-        images = self.train_images[index].to(self.device, non_blocking=True)
+        images = self._to_batch_device(self.train_images[index])
         x = self._layout(self._share(self._prepare(images, augment=True)))
         if not self.model.conditional:
             return x, None
-        return x, self._share(self.train_labels[index].to(self.device, non_blocking=True))
+        return x, self._share(self._to_batch_device(self.train_labels[index]))
+
+    def _to_batch_device(self, batch: Tensor) -> Tensor:
+        # A copy to the GPU from pageable memory waits for the GPU to finish its queue; from
+        # pinned memory it does not (a dataset too big for the GPU stays in host memory).
+        if self.device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
 
     def _share(self, batch: Tensor) -> Tensor:
         """This process's contiguous part of a global batch (all of it in one process)."""
