@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from glowlab.multiscale import Split
 from glowlab.nets import MLP, GlowNet, ResNet
 from glowlab.priors import ConditionalPrior, LearnedPrior
+from glowlab.speed import channels_last_input
 from glowlab.transforms import (
     ActNorm,
     BatchNormFlow,
@@ -389,6 +390,21 @@ def test_squeeze_golden_order() -> None:
     assert z[0, :, 0, 0].tolist() == [0, 1, 4, 5, 16, 17, 20, 21]
     assert z[0, 3].tolist() == [[5, 7], [13, 15]]
     assert torch.equal(unsqueeze2d(z), x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_squeeze_keeps_channels_last(channels: int) -> None:
+    x = torch.randn(2, channels, 8, 4, dtype=torch.float64)
+    nhwc = channels_last_input(x)
+    z = squeeze2d(nhwc)
+    assert torch.equal(z, squeeze2d(x)) and z.is_contiguous(memory_format=torch.channels_last)
+    assert not squeeze2d(x).is_contiguous(memory_format=torch.channels_last)
+    back = unsqueeze2d(z)
+    assert torch.equal(back, x) and back.stride() == nhwc.stride()
+    # A channel half of a channels-last tensor (what a split hands on) stays channels-last.
+    half = squeeze2d(z[:, : 2 * channels])
+    assert torch.equal(half, squeeze2d(squeeze2d(x)[:, : 2 * channels]))
+    assert half.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_squeeze_rejects_odd_sizes() -> None:

@@ -149,10 +149,18 @@ def _channels_last_copy(tensor: Tensor) -> Tensor:
 
 
 def channels_last_input(x: Tensor) -> Tensor:
-    """``x`` (B, C, H, W) in the channels-last layout (a copy unless it already is)."""
+    """``x`` (B, C, H, W) in the channels-last layout (a copy unless it already is).
+
+    The strides are explicit, a channel stride of 1 even for one channel (where PyTorch
+    would keep the plain strides): the model's squeezes read the layout from them, so a
+    one-channel image, too, flows channels-last through the whole model.
+    """
     if x.dim() != 4:
         raise ValueError(f"channels_last_input expects (B, C, H, W), got {tuple(x.shape)}")
-    return x.contiguous(memory_format=torch.channels_last)
+    _, c, h, w = x.shape
+    if x.stride() == (c * h * w, 1, w * c, c):
+        return x
+    return _channels_last_copy(x)
 
 
 def _tf32_flags() -> tuple[Any, Any] | None:

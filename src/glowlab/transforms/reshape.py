@@ -9,6 +9,17 @@ from .base import Transform, zero_logdet
 __all__ = ["Flatten", "Squeeze", "squeeze2d", "unsqueeze2d"]
 
 
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` (B, C, H, W) is laid out channels-last: channels vary fastest.
+
+    Also true of a channel slice of a channels-last tensor, and of a one-channel tensor
+    made channels-last (its channel stride is 1, not H*W). The squeezes keep this layout,
+    so that a channels-last model's flow runs channels-last from input to prior instead of
+    converting at every convolution. Only the layout depends on it, never the values.
+    """
+    return x.stride(1) == 1 and x.stride(3) >= x.shape[1]
+
+
 def squeeze2d(x: Tensor, factor: int = 2) -> Tensor:
     """``(B, C, H, W) -> (B, C*f*f, H/f, W/f)``: each f x f block becomes f*f channels.
 
@@ -31,6 +42,10 @@ def squeeze2d(x: Tensor, factor: int = 2) -> Tensor:
     b, c, h, w = x.shape
     if h % factor or w % factor:
         raise ValueError(f"squeeze needs H and W divisible by {factor}, got {h}x{w}")
+    if _channels_last(x):  # the same copy, in (B, H, W, C) order: the layout is kept
+        y = x.permute(0, 2, 3, 1).reshape(b, h // factor, factor, w // factor, factor, c)
+        y = y.permute(0, 1, 3, 5, 2, 4).reshape(b, h // factor, w // factor, c * factor * factor)
+        return y.permute(0, 3, 1, 2)
     x = x.reshape(b, c, h // factor, factor, w // factor, factor)
     x = x.permute(0, 1, 3, 5, 2, 4)
     return x.reshape(b, c * factor * factor, h // factor, w // factor)
@@ -41,6 +56,10 @@ def unsqueeze2d(z: Tensor, factor: int = 2) -> Tensor:
     b, c, h, w = z.shape
     if c % (factor * factor):
         raise ValueError(f"unsqueeze needs channels divisible by {factor * factor}, got {c}")
+    if _channels_last(z):
+        y = z.permute(0, 2, 3, 1).reshape(b, h, w, c // (factor * factor), factor, factor)
+        y = y.permute(0, 1, 4, 2, 5, 3).reshape(b, h * factor, w * factor, c // (factor * factor))
+        return y.permute(0, 3, 1, 2)
     z = z.reshape(b, c // (factor * factor), factor, factor, h, w)
     z = z.permute(0, 1, 4, 2, 5, 3)
     return z.reshape(b, c // (factor * factor), h * factor, w * factor)
