@@ -29,6 +29,7 @@ from glowlab.speed import (
     autocast,
     channels_last_input,
     compile_flow_steps,
+    keep_freed_memory,
     tf32,
     to_channels_last,
 )
@@ -75,6 +76,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="glowlab.speed.keep_freed_memory: the C allocator keeps freed memory for reuse "
+        "(default: on for CPU, as glowlab train does)",
+    )
     return parser
 
 
@@ -121,6 +129,7 @@ def speed_settings(args: argparse.Namespace, device: torch.device) -> dict[str, 
         "compiled": args.compile,
         "cuda_graphs": getattr(args, "cuda_graphs", False),
         "channels_last": use_channels_last(args, device),
+        "keep_freed_memory": args.keep_freed_memory,
     }
 
 
@@ -158,11 +167,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup(args: argparse.Namespace, default_cpu_model: str = "small") -> torch.device:
-    """Apply ``--threads`` and ``--seed``; pick the device and the default model."""
+    """Apply ``--threads``, ``--seed`` and ``--keep-freed-memory``; pick the device and the
+    default model."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
+    keep = args.keep_freed_memory
+    # Recorded as whether the setting took effect (it needs glibc).
+    args.keep_freed_memory = bool(keep or (keep is None and device.type == "cpu")) and (
+        keep_freed_memory()
+    )
     if args.model is None:
         args.model = default_cpu_model if device.type == "cpu" else "glow-cifar10"
     return device

@@ -113,6 +113,17 @@ def test_channels_last_is_the_cpu_default(tmp_path: Path) -> None:
     assert not off.channels_last and not _stored_channels_last(off)
 
 
+@pytest.mark.parametrize(("setting", "calls"), [(None, 1), ("true", 1), ("false", 0)])
+def test_keep_freed_memory_is_the_cpu_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, calls: int
+) -> None:
+    called: list[None] = []
+    monkeypatch.setattr(glowlab.train, "keep_freed_memory", lambda: called.append(None))
+    overrides = [] if setting is None else [f"train.keep_freed_memory={setting}"]
+    Trainer(_config(*overrides), tmp_path)
+    assert len(called) == calls
+
+
 def test_tf32_needs_cuda(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"train.precision=tf32 needs a CUDA device"):
         Trainer(_config("train.precision=tf32"), tmp_path)

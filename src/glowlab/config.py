@@ -148,6 +148,11 @@ class LoopConfig:
         "store convolution weights and inputs channels-last (null: on the CPU, where it is "
         "faster, and off on CUDA)",
     )
+    keep_freed_memory: bool | None = _field(
+        None,
+        "keep the memory each step frees for the next instead of returning it to the "
+        "system (glibc malloc settings, process-wide; null: on the CPU)",
+    )
     log_every: int = _field(10, "steps between training log records")
     eval_every: int = _field(1000, "steps between test evaluations (0: only at the end)")
     max_eval_images: int | None = _field(None, "cap on test images per evaluation (None: all)")

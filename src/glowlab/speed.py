@@ -12,6 +12,9 @@
   the tensor cores of recent GPUs prefer; pass inputs through :func:`channels_last_input`.
 * :func:`set_tf32` lets CUDA float32 matmuls and convolutions use TF32 tensor cores (10-bit
   mantissa products, float32 accumulation), or forbids it; :func:`tf32` does so for a block.
+* :func:`keep_freed_memory` has the C allocator keep the memory that tensors free, so that
+  each training step on the CPU reuses the pages of the last one instead of asking the
+  kernel for fresh ones (``glowlab train`` does this on the CPU).
 * :class:`GraphedCall` records a call on fixed-shape CUDA tensors (a whole training step:
   forward, backward and a :mod:`glowlab.optim` update; or drawing a batch of samples) as
   one CUDA graph and replays it, so the CPU launches one graph instead of thousands of
@@ -23,6 +26,8 @@ None of these change ``state_dict``: a model trained with them saves and loads a
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +44,7 @@ __all__ = [
     "autocast",
     "channels_last_input",
     "compile_flow_steps",
+    "keep_freed_memory",
     "set_tf32",
     "tf32",
     "to_channels_last",
@@ -161,6 +167,39 @@ def channels_last_input(x: Tensor) -> Tensor:
     if x.stride() == (c * h * w, 1, w * c, c):
         return x
     return _channels_last_copy(x)
+
+
+# glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit machines.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20
+_TRIM_THRESHOLD = 2**31 - 1
+
+
+def keep_freed_memory() -> bool:
+    """Have the C allocator (glibc's malloc) keep freed memory for reuse; process-wide.
+
+    A training step on the CPU allocates its activations afresh and frees them at the end.
+    By default glibc serves blocks above a threshold with ``mmap`` and hands freed memory
+    at the top of the heap back to the kernel, so the next step faults in new zeroed pages
+    again: thousands of page faults per step for the small Glow. This serves every block
+    up to 32 MiB from the heap, and hands memory back only when more than 2 GiB is free at
+    the top of the heap. The cost is that the process keeps its peak memory until it exits.
+
+    Returns whether the settings took effect: ``False``, changing nothing, where the C
+    library is not glibc (macOS, Windows, musl). Calling it again does no harm.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return (
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+        and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    )
 
 
 def _tf32_flags() -> tuple[Any, Any] | None:
