@@ -92,6 +92,18 @@ def test_interpolate_path_rejects_bad_input() -> None:
         interpolate_path(model, torch.zeros(2, 1, 8, 8), 1)
 
 
+def test_latent_functions_check_images_as_the_model_does_and_name_themselves() -> None:
+    model = _glow()
+    with pytest.raises(ValueError, match=r"reconstruct expects images of shape \(B, 1, 8, 8\)"):
+        reconstruct(model, torch.zeros(2, 3, 8, 8))
+    with pytest.raises(TypeError, match=r"compress expects float images .* torch\.uint8"):
+        compress(model, _images(2), [1.0])
+    with pytest.raises(TypeError, match=r"manipulate expects a torch\.Tensor, got list"):
+        manipulate(model, [[0.0]], Direction([]), [0.0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"attribute_direction \(negative images\) expects"):
+        attribute_direction(model, torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8))
+
+
 def test_reconstruct_error_is_rounding_only() -> None:
     model = _glow()
     images = _images(6)

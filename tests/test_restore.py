@@ -134,7 +134,7 @@ def test_restore_rejects_bad_input() -> None:
         colorize(gray_model, x)
     with pytest.raises(ValueError, match="low-resolution"):
         super_resolve(gray_model, x)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"restore expects images of shape \(B, 1, 4, 4\)"):
         restore(gray_model, torch.rand(1, 1, 8, 8), "inpaint")
     with pytest.raises(ValueError, match="sigma"):
         restore(gray_model, x, "denoise", sigma=0.0)

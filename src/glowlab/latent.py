@@ -163,7 +163,7 @@ def interpolate_path(
     model, ``y`` (N,) gives each image's class; a segment is decoded with the class of its
     start, and each endpoint with its own class.
     """
-    _check_batch(model, x, "interpolate_path")
+    model._check_x(x, "interpolate_path")
     if x.shape[0] < 2:
         raise ValueError(f"interpolate_path needs at least 2 images, got {x.shape[0]}")
     y = _labels(model, y, x.shape[0], "interpolate_path")
@@ -186,16 +186,6 @@ def interpolate_path(
 
 
 # -- encoding in batches, reconstruction ------------------------------------------------
-def _check_batch(model: FlowModel, x: Tensor, what: str) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"{what} expects float images in [-0.5, 0.5) (use glowlab.dequantize)")
-    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.image_shape):
-        raise ValueError(
-            f"{what}: the model takes images of shape {tuple(model.image_shape)}, got "
-            f"{tuple(x.shape[1:]) if x.dim() == 4 else tuple(x.shape)}"
-        )
-
-
 def _labels(model: FlowModel, y: Tensor | None, n: int, what: str) -> Tensor | None:
     if model.num_classes is None:
         return None
@@ -245,7 +235,7 @@ def reconstruct(
     The flow is a bijection, so the error is only floating-point rounding: for a trained
     model in float32 it is far below one grey level (``1/256`` in the [-0.5, 0.5) domain).
     """
-    _check_batch(model, x, "reconstruct")
+    model._check_x(x, "reconstruct")
     y = _labels(model, y, x.shape[0], "reconstruct")
     x_hat = decode_latents(model, encode_images(model, x, y, batch_size), y, batch_size)
     return x_hat, float((x_hat - x.to(x_hat.device)).abs().max())
@@ -322,7 +312,7 @@ def attribute_direction(
     standardized latents of every level.
     """
     for name, images in (("positive", positive), ("negative", negative)):
-        _check_batch(model, images, f"attribute_direction ({name} images)")
+        model._check_x(images, f"attribute_direction ({name} images)")
         if images.shape[0] == 0:
             raise ValueError(f"attribute_direction needs at least one {name} image")
     y_positive = _labels(model, y_positive, positive.shape[0], "attribute_direction")
@@ -354,7 +344,7 @@ def manipulate(
     With ``alpha = 0`` the latents are exactly ``encode(x)``, so the image is
     ``decode(encode(x))``: the input up to floating-point error, and the same 8-bit image.
     """
-    _check_batch(model, x, "manipulate")
+    model._check_x(x, "manipulate")
     alphas = [_check_alpha(a) for a in alphas]
     if not alphas:
         raise ValueError("manipulate needs at least one alpha")
@@ -488,7 +478,7 @@ def compress(
         Density estimation using Real NVP, Dinh, Sohl-Dickstein & Bengio, 2016,
         arXiv:1605.08803 (appendix D).
     """
-    _check_batch(model, x, "compress")
+    model._check_x(x, "compress")
     if temperature < 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if not fractions:

@@ -349,12 +349,8 @@ def restore(
     """
     if task not in TASKS:
         raise ValueError(f"unknown restoration task {task!r}; choose one of {', '.join(TASKS)}")
-    clean = _check(model, clean, "restore")
-    if tuple(clean.shape[1:]) != tuple(model.image_shape):
-        raise ValueError(
-            f"the model takes images of shape {tuple(model.image_shape)}, "
-            f"got {tuple(clean.shape[1:])}"
-        )
+    model._check_x(clean, "restore")
+    clean = clean.to(model._reference())
     observation = degrade(clean, task, sigma, mask, generator)
     if task == "inpaint":
         mask = (center_mask(clean.shape) if mask is None else mask).to(clean)
