@@ -88,6 +88,16 @@ def test_colorize_keeps_luminance_and_beats_gray(trained) -> None:
     )
 
 
+def test_colorize_observes_the_luminance_that_to_gray_computes() -> None:
+    from glowlab.imageio import to_gray
+
+    clean = torch.rand(2, 3, 4, 4, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    for images in (clean, clean.double()):
+        gray = degrade(images, "colorize")
+        assert gray.dtype == images.dtype and gray.shape == (2, 1, 4, 4)
+        torch.testing.assert_close(gray, to_gray(images))
+
+
 def test_denoise_beats_the_noisy_input(trained) -> None:
     model, clean = trained
     result = restore(

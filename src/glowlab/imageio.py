@@ -48,6 +48,7 @@ __all__ = [
     "labels_for",
     "load_images",
     "load_model",
+    "luminance",
     "read_attribute_table",
     "save_rows",
     "to_gray",
@@ -230,10 +231,19 @@ def _load_files(path: Path) -> ImageSet:
     return ImageSet(torch.from_numpy(np.ascontiguousarray(stacked)), labels, names, classes)
 
 
+def luminance(images: Tensor) -> Tensor:
+    """Float RGB images ``(N, 3, H, W)`` -> their :data:`LUMA` luminance ``(N, 1, H, W)``.
+
+    Computed in the images' dtype and on their device; see :func:`to_gray` for uint8 images.
+    """
+    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
 def to_gray(images: Tensor) -> Tensor:
     """RGB images ``(N, 3, H, W)`` (uint8 or float) -> luminance ``(N, 1, H, W)``, same dtype."""
-    weights = torch.tensor(LUMA, dtype=torch.float64).view(1, 3, 1, 1)
-    gray = (images.double() * weights).sum(1, keepdim=True)
+    # Summed in float64 whatever the dtype, so that a uint8 result rounds the exact luminance.
+    gray = luminance(images.double())
     return (
         gray.round().clamp(0, 255).to(torch.uint8)
         if images.dtype == torch.uint8

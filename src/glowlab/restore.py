@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .imageio import LUMA
+from .imageio import LUMA, luminance
 from .models.base import FlowModel
 
 __all__ = [
@@ -325,8 +325,7 @@ def degrade(
     if task == "colorize":
         if clean.shape[1] != 3:
             raise ValueError("colorization needs RGB images (a model of 3-channel images)")
-        weights = torch.tensor(LUMA).to(clean).view(1, 3, 1, 1)
-        return (clean * weights).sum(1, keepdim=True)
+        return luminance(clean)
     if task == "super-resolution":
         return F.avg_pool2d(clean, 2)
     raise ValueError(f"unknown restoration task {task!r}; choose one of {', '.join(TASKS)}")
