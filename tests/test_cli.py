@@ -101,6 +101,27 @@ def test_errors_are_one_line_with_exit_code_2(argv: list[str], message: str, cap
     assert len(err) == 1 or err[0].startswith("usage:")
 
 
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (FloatingPointError("the objective became non-finite; lower the learning rate"), 1),
+        (ImportError("this needs Pillow: pip install 'glowlab[images]'"), 2),
+    ],
+)
+def test_diverged_fits_exit_1_and_missing_extras_exit_2(
+    error: Exception, code: int, monkeypatch, capsys
+) -> None:
+    import glowlab.commands.sample as sample
+
+    def fail(args) -> int:
+        raise error
+
+    monkeypatch.setattr(sample, "run", fail)
+    monkeypatch.delenv("GLOWLAB_DEBUG", raising=False)
+    assert cli.main(["sample", "CKPT"]) == code
+    assert capsys.readouterr().err == f"glowlab sample: error: {error}\n"
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny digits run trained through the command line."""

@@ -79,16 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"glowlab {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except FloatingPointError as exc:  # an optimisation diverged; the message says where
+    except (FloatingPointError, ImportError) as exc:
+        # An optimisation diverged (exit code 1) or an optional dependency is missing (2);
+        # the message says where, or which.
         if os.environ.get("GLOWLAB_DEBUG"):
             raise
         print(f"glowlab {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except ImportError as exc:  # an optional dependency is missing; the message says which
-        if os.environ.get("GLOWLAB_DEBUG"):
-            raise
-        print(f"glowlab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, FloatingPointError) else 2
     except KeyboardInterrupt:
         print(f"glowlab {args.command}: interrupted", file=sys.stderr)
         return 130
