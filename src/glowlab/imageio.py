@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -444,15 +445,22 @@ class CommandInputs:
     x: Tensor
 
 
-def command_inputs(args: argparse.Namespace) -> CommandInputs:
+def command_inputs(args: argparse.Namespace, indices: Sequence[int] | None = None) -> CommandInputs:
     """Load ``args.checkpoint`` and ``args.count`` images of ``args.images`` for a command.
 
-    Seeds torch with ``args.seed``; ``x`` is the model's float input, ``y`` the labels of a
-    class-conditional model (``args.label`` for all images, else the source's labels).
+    With ``indices`` (``--indices``, non-negative), the images at those positions of the
+    source, in that order, instead. Seeds torch with ``args.seed``; ``x`` is the model's float
+    input, ``y`` the labels of a class-conditional model (``args.label`` for all images, else
+    the source's labels).
     """
     torch.manual_seed(args.seed)
     model, n_bits = load_model(args.checkpoint, args.device)
-    image_set = images_for(model, args.images, args.data_dir, args.fit, args.count)
+    count = args.count if indices is None else max(indices) + 1
+    image_set = images_for(model, args.images, args.data_dir, args.fit, count)
+    if indices is not None:
+        if max(indices) >= len(image_set):
+            raise ValueError(f"--indices must be in [0, {len(image_set) - 1}] for {args.images}")
+        image_set = image_set.subset(torch.tensor(indices))
     y = labels_for(model, image_set, args.label)
     return CommandInputs(
         model, n_bits, image_set, y, to_model_input(model, image_set.images, n_bits)

@@ -9,11 +9,8 @@ import torch
 from ..imageio import (
     add_output_arguments,
     add_source_arguments,
-    images_for,
-    labels_for,
-    load_model,
+    command_inputs,
     save_rows,
-    to_model_input,
 )
 from ..latent import interpolate_path
 
@@ -47,18 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
     if len(args.indices) < 2:
         raise ValueError("--indices needs at least two images")
     if min(args.indices) < 0:
         raise ValueError(f"--indices must be non-negative, got {min(args.indices)}")
-    model, n_bits = load_model(args.checkpoint, args.device)
-    image_set = images_for(model, args.images, args.data_dir, args.fit, max(args.indices) + 1)
-    if max(args.indices) >= len(image_set):
-        raise ValueError(f"--indices must be in [0, {len(image_set) - 1}] for {args.images}")
-    chosen = image_set.subset(torch.tensor(args.indices))
-    y = labels_for(model, chosen, args.label)
-    x = to_model_input(model, chosen.images, n_bits)
+    inputs = command_inputs(args, args.indices)
+    model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x
     methods = ["linear", "slerp"] if args.method == "both" else [args.method]
     rows = [interpolate_path(model, x, args.steps, method, y) for method in methods]  # type: ignore[arg-type]
     path = save_rows(args.out, rows, n_bits, args.zoom)
