@@ -303,6 +303,10 @@ def test_download_url_single_url(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(dl, "urlopen", FakeServer({"https://x.invalid/f": b"abc"}))
     path = gd.download_url("https://x.invalid/f", tmp_path / "sub" / "f", md5(b"abc"))
     assert path.read_bytes() == b"abc" and gd.md5sum(path) == md5(b"abc")
+    # The permissions of a plain open(), not mkstemp's private 0600.
+    plain = tmp_path / "plain"
+    plain.touch()
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "make_readable"]
+__all__ = ["atomic_write", "create_temp"]
 
 
-def make_readable(fd_or_path: int | str | os.PathLike[str]) -> None:
-    """Give a file from ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would.
+def create_temp(folder: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """Create a new file named ``prefix + random + suffix`` in ``folder``; ``(fd, path)``.
 
-    ``mkstemp`` keeps temporary files private; once such a file is renamed into place as a
-    checkpoint, PNG or dataset file it should have the usual ``0666 & ~umask`` permissions.
+    ``fd`` is open for reading and writing. Unlike ``tempfile.mkstemp``, which keeps its
+    files private (mode 0600), the file gets the mode a plain ``open`` gives it, ``0666 &
+    ~umask``, so once it is renamed into place as a checkpoint, PNG or dataset file it has
+    the usual permissions. The kernel applies the umask here: reading it would take
+    ``os.umask``, which changes it for the whole process for a moment.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    mode = 0o666 & ~umask
-    if isinstance(fd_or_path, int):
-        os.fchmod(fd_or_path, mode)
-    else:
-        os.chmod(fd_or_path, mode)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"found no unused name {prefix}...{suffix} in {folder}")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -30,15 +35,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
     The temporary file is flushed to disk and renamed over ``path``, and the folder entry is
     flushed too, so ``path`` is either the old file or the complete new one, never a mix.
+    ``path`` gets the permissions :func:`create_temp` gives, even if ``write`` replaces the
+    file it was given.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_temp(path.parent, f".{path.name}.", ".tmp")
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
-    tmp = Path(name)
     try:
         write(tmp)
-        make_readable(tmp)  # after write(): a writer may replace the file it was given
+        # A writer may replace the file it was given (safetensors' save_file does, as 0600).
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

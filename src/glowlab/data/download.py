@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from urllib.request import urlopen
 
 import numpy as np
 
-from .._files import atomic_write, make_readable
+from .._files import atomic_write, create_temp
 from .base import ChecksumError, DatasetNotFoundError
 
 __all__ = ["RemoteFile", "download_url", "md5sum", "resolve_files"]
@@ -87,11 +86,7 @@ def download_url(
     failures: list[str] = []
     bad_checksum = False
     for url in urls:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{destination.name}.", suffix=".part", dir=destination.parent
-        )
-        make_readable(fd)
-        tmp = Path(tmp_name)
+        fd, tmp = create_temp(destination.parent, f".{destination.name}.", ".part")
         try:
             digest = hashlib.md5(usedforsecurity=False)
             with os.fdopen(fd, "wb") as out, urlopen(url, timeout=timeout) as response:
