@@ -89,6 +89,28 @@ def test_toy_figure_draws_every_panel() -> None:
             assert torch.unique(panel.reshape(3, -1), dim=1).shape[1] > 2, (row, col)
 
 
+def test_the_warped_grid_drawn_in_one_call_per_direction_is_the_grid_line_by_line() -> None:
+    from glowlab.plot import PALETTE
+    from glowlab.toy import _draw_grid, _grid_lines
+
+    flow = ToyFlow(layers=2, hidden_features=8)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ref = next(flow.parameters())
+    at_once, by_line = (
+        Panel(Canvas(90, 90), (5, 5, 80, 80), (-4.0, 4.0, -4.0, 4.0)) for _ in range(2)
+    )
+    _draw_grid(at_once, flow.forward, 2.0, ref)
+    for lines, color in zip(_grid_lines(2.0), PALETTE, strict=False):
+        for line in lines:
+            with torch.no_grad():
+                mapped = flow.forward(torch.as_tensor(line, dtype=ref.dtype))[0]
+            by_line.polyline(mapped.double().numpy(), color)
+    assert np.array_equal(at_once.canvas.pixels, by_line.canvas.pixels)
+    assert len(np.unique(at_once.canvas.pixels.reshape(-1, 3), axis=0)) == 3  # two colours
+
+
 def test_rasteriser_places_points_and_lines() -> None:
     panel = Panel(Canvas(11, 11), (0, 0, 11, 11), (0.0, 10.0, 0.0, 10.0))
     panel.scatter(np.array([[0.0, 10.0], [10.0, 0.0]]), (255, 0, 0))

@@ -12,6 +12,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
@@ -220,12 +221,25 @@ def train_toy(
     return flow.eval()
 
 
-def _grid_lines(limit: float, lines: int = 11, points: int = 200) -> list[np.ndarray]:
+def _grid_lines(limit: float, lines: int = 11, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """The vertical and the horizontal lines of a grid over ``[-limit, limit]^2``, each
+    ``(lines, points, 2)``."""
     ticks = np.linspace(-limit, limit, lines)
-    along = np.linspace(-limit, limit, points)
-    vertical = [np.stack([np.full(points, t), along], 1) for t in ticks]
-    horizontal = [np.stack([along, np.full(points, t)], 1) for t in ticks]
-    return vertical + horizontal
+    positions = np.linspace(-limit, limit, points)
+    across, along = np.meshgrid(ticks, positions, indexing="ij")
+    return np.stack([across, along], -1), np.stack([along, across], -1)
+
+
+def _draw_grid(
+    panel: Panel, fn: Callable[[Tensor], tuple[Tensor, Tensor]], limit: float, ref: Tensor
+) -> None:
+    """The grid of ``[-limit, limit]^2`` mapped by ``fn``, one colour for each direction."""
+    for lines, color in zip(_grid_lines(limit), PALETTE, strict=False):
+        mapped = _apply(fn, lines.reshape(-1, 2), ref).reshape(lines.shape)
+        # One polyline for all lines: Panel.polyline skips the segments with a non-finite end,
+        # so a NaN point between two lines lifts the pen.
+        gaps = np.full((len(lines), 1, 2), np.nan)
+        panel.polyline(np.concatenate([mapped, gaps], 1).reshape(-1, 2), color)
 
 
 def _apply(fn, points: np.ndarray, ref: Tensor) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -287,18 +301,14 @@ def toy_figure(
     hue_x = x[:, 0] / limit
     colored_scatter(panel(0, 0, limit), x, hue_x)
     colored_scatter(panel(0, 1, zlim), z, hue_x)
-    warped = panel(0, 2, zlim)
-    for i, line in enumerate(_grid_lines(limit)):
-        warped.polyline(_apply(flow.forward, line, ref), PALETTE[i // 11])
+    _draw_grid(panel(0, 2, zlim), flow.forward, limit, ref)
 
     z_s = flow.base.sample((len(x), 2), generator=generator, dtype=ref.dtype, device=ref.device)
     z_np = z_s.cpu().numpy()
     hue_z = z_np[:, 0] / zlim
     colored_scatter(panel(1, 0, zlim), z_np, hue_z)
     colored_scatter(panel(1, 1, limit), _apply(flow.inverse, z_np, ref), hue_z)
-    unwarped = panel(1, 2, limit)
-    for i, line in enumerate(_grid_lines(zlim)):
-        unwarped.polyline(_apply(flow.inverse, line, ref), PALETTE[i // 11])
+    _draw_grid(panel(1, 2, limit), flow.inverse, zlim, ref)
 
     log_density = density_grid(flow, limit, panel_size)
     panel(0, 3, limit).heatmap(np.exp(log_density))
