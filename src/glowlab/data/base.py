@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -294,3 +295,63 @@ def fit_image_size(images: Tensor, image_size: int | None, *, pad: bool, dataset
         )
         out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)
+
+
+class DownloadableDataset(TensorImageDataset):
+    """What MNIST, Fashion-MNIST, CIFAR-10 and SVHN share: files under ``data_dir/<folder>/``.
+
+    The constructor checks its arguments, reads the offline ``.npz`` copy of the split when
+    there is one (:meth:`_offline_files`) and otherwise the official files, found on disk or
+    downloaded (:meth:`_read_official`, which each dataset defines), then brings the images to
+    ``image_size`` with :func:`fit_image_size`.
+
+    Args:
+        data_dir: folder holding ``<folder>/``; None means :func:`default_data_dir`.
+        split: one of :attr:`splits`.
+        download: fetch the official files if no copy is found.
+        image_size: None keeps the native size; see :func:`fit_image_size`.
+        verify: check the MD5 of the official files.
+    """
+
+    #: The dataset's name in messages, e.g. ``"CIFAR-10"``.
+    display_name: ClassVar[str]
+    #: The folder under ``data_dir`` that holds the files (and receives downloads).
+    folder: ClassVar[str]
+    class_names: ClassVar[tuple[str, ...]]
+    splits: ClassVar[tuple[str, ...]]
+    native_shape: ClassVar[tuple[int, int, int]]
+    #: Whether a larger ``image_size`` zero-pads (the background is black) or is refused.
+    zero_pad: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        split: str = "train",
+        *,
+        download: bool = False,
+        image_size: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        check_split(split, self.splits, self.display_name)
+        check_image_size(image_size)
+        root = resolve_data_dir(data_dir)
+        npz = self._offline_files(root / self.folder, split)
+        if npz is not None:
+            images, labels = load_npz(npz)
+        else:
+            images, labels = self._read_official(root, split, download=download, verify=verify)
+        images = fit_image_size(images, image_size, pad=self.zero_pad, dataset=self.display_name)
+        super().__init__(images, labels, self.class_names, split)
+
+    @classmethod
+    def _offline_files(cls, folder: Path, split: str) -> list[Path] | None:
+        """The offline ``.npz`` files of ``split``: ``folder/<split>.npz``, or None if absent."""
+        path = folder / f"{split}.npz"
+        return [path] if path.is_file() else None
+
+    @classmethod
+    def _read_official(
+        cls, root: Path, split: str, *, download: bool, verify: bool
+    ) -> tuple[Tensor, Tensor]:
+        """``(images, labels)`` of ``split`` from the official files under ``root``."""
+        raise NotImplementedError

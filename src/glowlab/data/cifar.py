@@ -31,16 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import (
-    ChecksumError,
-    DatasetNotFoundError,
-    TensorImageDataset,
-    check_image_size,
-    check_split,
-    fit_image_size,
-    load_npz,
-    resolve_data_dir,
-)
+from .base import ChecksumError, DatasetNotFoundError, DownloadableDataset
 from .download import RemoteFile, md5sum, resolve_files
 
 __all__ = ["CIFAR10", "read_cifar_batch"]
@@ -211,7 +202,7 @@ def _npz_files(folder: Path, split: str) -> list[Path] | None:
     return shards
 
 
-class CIFAR10(TensorImageDataset):
+class CIFAR10(DownloadableDataset):
     """CIFAR-10: 50,000 train and 10,000 test 3x32x32 uint8 RGB images in 10 classes.
 
     Samples keep the official order (``data_batch_1`` .. ``data_batch_5``, then ``test_batch``).
@@ -233,41 +224,34 @@ class CIFAR10(TensorImageDataset):
         'cat'
     """
 
+    display_name = "CIFAR-10"
+    folder = "cifar10"
+    class_names = CIFAR10_CLASSES
     splits = ("train", "test")
     native_shape = (3, 32, 32)
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str] | None = None,
-        split: str = "train",
-        *,
-        download: bool = False,
-        image_size: int | None = None,
-        verify: bool = True,
-    ) -> None:
-        check_split(split, self.splits, "CIFAR-10")
-        check_image_size(image_size)
-        root = resolve_data_dir(data_dir)
-        folder = root / "cifar10"
+    @classmethod
+    def _offline_files(cls, folder: Path, split: str) -> list[Path] | None:
+        return _npz_files(folder, split)
+
+    @classmethod
+    def _read_official(
+        cls, root: Path, split: str, *, download: bool, verify: bool
+    ) -> tuple[Tensor, Tensor]:
+        folder = root / cls.folder
         names = _SPLIT_BATCHES[split]
-        npz = _npz_files(folder, split)
         batch_folder = next(
             (d / _BATCH_FOLDER for d in (folder, root) if (d / _BATCH_FOLDER).is_dir()), None
         )
-        if npz is not None:
-            images, labels = load_npz(npz)
-        elif batch_folder is not None:
-            images, labels = _read_batches_from_folder(batch_folder, names, verify)
-        else:
-            (tarball,) = resolve_files(
-                [CIFAR10_TARBALL],
-                folder,
-                dataset=f"CIFAR-10 {split} split",
-                download=download,
-                verify=verify,
-                search=[root],
-                hint=f" (or the extracted {_BATCH_FOLDER}/, or offline .npz copies)",
-            )
-            images, labels = _read_batches_from_tarball(tarball, names)
-        images = fit_image_size(images, image_size, pad=False, dataset="CIFAR-10")
-        super().__init__(images, labels, CIFAR10_CLASSES, split)
+        if batch_folder is not None:
+            return _read_batches_from_folder(batch_folder, names, verify)
+        (tarball,) = resolve_files(
+            [CIFAR10_TARBALL],
+            folder,
+            dataset=f"CIFAR-10 {split} split",
+            download=download,
+            verify=verify,
+            search=[root],
+            hint=f" (or the extracted {_BATCH_FOLDER}/, or offline .npz copies)",
+        )
+        return _read_batches_from_tarball(tarball, names)

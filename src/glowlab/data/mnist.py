@@ -27,15 +27,9 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from .base import (
-    TensorImageDataset,
-    check_image_size,
-    check_split,
-    fit_image_size,
-    load_npz,
-    resolve_data_dir,
-)
+from .base import DownloadableDataset
 from .download import RemoteFile, resolve_files
 
 __all__ = ["MNIST", "FashionMNIST", "read_idx"]
@@ -111,58 +105,41 @@ def _idx_files(urls: tuple[str, ...], md5: dict[str, str]) -> dict[str, list[Rem
     }
 
 
-class _IdxDataset(TensorImageDataset):
+class _IdxDataset(DownloadableDataset):
     """Shared loader of the two idx-format datasets; see the module docstring for the layout."""
 
-    display_name: ClassVar[str]
-    folder: ClassVar[str]
     torchvision_folder: ClassVar[str]
     remote_files: ClassVar[dict[str, list[RemoteFile]]]
-    class_names: ClassVar[tuple[str, ...]]
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     native_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
+    zero_pad = True
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str] | None = None,
-        split: str = "train",
-        *,
-        download: bool = False,
-        image_size: int | None = None,
-        verify: bool = True,
-    ) -> None:
-        check_split(split, self.splits, self.display_name)
-        check_image_size(image_size)
-        root = resolve_data_dir(data_dir)
-        folder = root / self.folder
-        npz = folder / f"{split}.npz"
-        if npz.is_file():
-            images, labels = load_npz([npz])
-        else:
-            image_path, label_path = resolve_files(
-                self.remote_files[split],
-                folder,
-                dataset=f"{self.display_name} {split} split",
-                download=download,
-                verify=verify,
-                search=[root, root / self.torchvision_folder / "raw"],
-                hint=f" (or the offline copy {npz.name})",
+    @classmethod
+    def _read_official(
+        cls, root: Path, split: str, *, download: bool, verify: bool
+    ) -> tuple[Tensor, Tensor]:
+        image_path, label_path = resolve_files(
+            cls.remote_files[split],
+            root / cls.folder,
+            dataset=f"{cls.display_name} {split} split",
+            download=download,
+            verify=verify,
+            search=[root, root / cls.torchvision_folder / "raw"],
+            hint=f" (or the offline copy {split}.npz)",
+        )
+        raw_images, raw_labels = read_idx(image_path), read_idx(label_path)
+        if raw_images.ndim != 3 or raw_labels.ndim != 1:
+            raise ValueError(
+                f"{image_path} must hold (N, H, W) images and {label_path} (N,) labels, got "
+                f"{raw_images.shape} and {raw_labels.shape}"
             )
-            raw_images, raw_labels = read_idx(image_path), read_idx(label_path)
-            if raw_images.ndim != 3 or raw_labels.ndim != 1:
-                raise ValueError(
-                    f"{image_path} must hold (N, H, W) images and {label_path} (N,) labels, got "
-                    f"{raw_images.shape} and {raw_labels.shape}"
-                )
-            if raw_images.shape[0] != raw_labels.shape[0]:
-                raise ValueError(
-                    f"{image_path} holds {raw_images.shape[0]} images but {label_path} holds "
-                    f"{raw_labels.shape[0]} labels; the two files are from different splits"
-                )
-            images = torch.from_numpy(raw_images.astype(np.uint8, copy=False)[:, None])
-            labels = torch.from_numpy(raw_labels.astype(np.int64))
-        images = fit_image_size(images, image_size, pad=True, dataset=self.display_name)
-        super().__init__(images, labels, self.class_names, split)
+        if raw_images.shape[0] != raw_labels.shape[0]:
+            raise ValueError(
+                f"{image_path} holds {raw_images.shape[0]} images but {label_path} holds "
+                f"{raw_labels.shape[0]} labels; the two files are from different splits"
+            )
+        images = torch.from_numpy(raw_images.astype(np.uint8, copy=False)[:, None])
+        return images, torch.from_numpy(raw_labels.astype(np.int64))
 
 
 # MD5s as published on http://yann.lecun.com/exdb/mnist/ (also used by torchvision). The

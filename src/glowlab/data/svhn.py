@@ -25,14 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import (
-    TensorImageDataset,
-    check_image_size,
-    check_split,
-    fit_image_size,
-    load_npz,
-    resolve_data_dir,
-)
+from .base import DownloadableDataset
 from .download import RemoteFile, resolve_files
 
 __all__ = ["SVHN", "read_svhn_mat"]
@@ -91,7 +84,7 @@ def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-class SVHN(TensorImageDataset):
+class SVHN(DownloadableDataset):
     """SVHN house-number digits: 3x32x32 uint8 RGB crops, 10 classes (label = digit).
 
     Splits are ``"train"`` (73,257 images), ``"test"`` (26,032) and ``"extra"`` (531,131).
@@ -109,35 +102,23 @@ class SVHN(TensorImageDataset):
         Learning", 2011.
     """
 
+    display_name = "SVHN"
+    folder = "svhn"
+    class_names = tuple(str(i) for i in range(10))
     splits = ("train", "test", "extra")
     native_shape = (3, 32, 32)
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str] | None = None,
-        split: str = "train",
-        *,
-        download: bool = False,
-        image_size: int | None = None,
-        verify: bool = True,
-    ) -> None:
-        check_split(split, self.splits, "SVHN")
-        check_image_size(image_size)
-        root = resolve_data_dir(data_dir)
-        folder = root / "svhn"
-        npz = folder / f"{split}.npz"
-        if npz.is_file():
-            images, labels = load_npz([npz])
-        else:
-            _loadmat()  # fail before a long download if SciPy is missing
-            (path,) = resolve_files(
-                [SVHN_FILES[split]],
-                folder,
-                dataset=f"SVHN {split} split",
-                download=download,
-                verify=verify,
-                search=[root],
-            )
-            images, labels = read_svhn_mat(path)
-        images = fit_image_size(images, image_size, pad=False, dataset="SVHN")
-        super().__init__(images, labels, tuple(str(i) for i in range(10)), split)
+    @classmethod
+    def _read_official(
+        cls, root: Path, split: str, *, download: bool, verify: bool
+    ) -> tuple[Tensor, Tensor]:
+        _loadmat()  # fail before a long download if SciPy is missing
+        (path,) = resolve_files(
+            [SVHN_FILES[split]],
+            root / cls.folder,
+            dataset=f"SVHN {split} split",
+            download=download,
+            verify=verify,
+            search=[root],
+        )
+        return read_svhn_mat(path)
