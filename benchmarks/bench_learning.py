@@ -191,21 +191,27 @@ def main(argv: list[str] | None = None) -> None:
     offset = args.n_bits * math.log(2) * model.dims  # log-likelihood of the discretization
 
     def loss_of(x: Tensor) -> Tensor:
-        with precision_context(args.precision, model):
-            log_prob = model.log_prob(layout(x))
+        log_prob = model.log_prob(layout(x))
         return -(log_prob.mean() - offset) / (model.dims * math.log(2))
+
+    def backward(x: Tensor) -> Tensor:
+        """The loss of ``x``, after its backward pass, both in ``--precision`` (the
+        memory-saving modes run the coupling networks again in the backward pass)."""
+        with precision_context(args.precision, model):
+            loss = loss_of(x)
+            loss.backward()
+        return loss
 
     def train_step(x: Tensor, valid: Tensor) -> Tensor:
         """One step; the loss, or NaN when the update was rejected."""
-        loss = loss_of(x)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = backward(x)
         optimizer.clip_grad_norm_()
         applied = optimizer.step(valid=valid & torch.isfinite(loss.detach()))
         return torch.where(applied, loss.detach(), math.nan)
 
     if args.compile:  # compile before the clock starts; no optimizer step, so no weight moves
-        loss_of(batch_of(batch)).backward()
+        backward(batch_of(batch))
         optimizer.zero_grad(set_to_none=True)
     yes = torch.ones((), dtype=torch.bool, device=device)
     step: Callable[[Tensor, Tensor], Tensor] = train_step

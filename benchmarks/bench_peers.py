@@ -282,6 +282,10 @@ def train_memory(
         )
         return {"saved_activations_MiB": saved / MIB}
     step = contender.training_step(contender.optimizer())
+    # A recorded step (--cuda-graphs) allocates nothing when it replays: its activations
+    # live in the graph's memory pool, which max_memory_allocated does not see then. The
+    # eager step it records shows them.
+    step = getattr(step, "step", step)
     step(pixels)  # the optimizer state exists from here on
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -335,7 +339,7 @@ def learn(contender: Contender, field: Field, train: Tensor, test: Tensor) -> di
     contender.initialize(batch_of(contender.init_images or args.learning_batch))
     # One forward and backward pass before the clock starts, which changes no weight: with
     # --compile, glowlab's layers compile here, as in bench_learning.py.
-    contender.bits_per_dim(batch_of(args.learning_batch)).mean().backward()
+    contender.backward(batch_of(args.learning_batch))
     contender.model.zero_grad(set_to_none=True)
     optimizer = contender.optimizer()
     base_lrs = [float(group["lr"]) for group in optimizer.param_groups]

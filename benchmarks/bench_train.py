@@ -68,9 +68,11 @@ def training_step(
     guarded = isinstance(optimizer, FlatOptimizer)
 
     def step() -> None:
+        # The backward pass too: it runs convolutions (TF32 or not), and the memory-saving
+        # modes run the coupling networks again there (in bfloat16 for bf16).
         with precision_context(precision, model):
             loss = bits_per_dim_loss(model, x)
-        loss.backward()
+            loss.backward()
         if guarded:  # as the Trainer steps: gradient norm, then a device-side decision
             optimizer.clip_grad_norm_()
             optimizer.step(valid=torch.isfinite(loss.detach()))
@@ -137,8 +139,10 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(args.model, device)
     model.train()
-    optimizer_class = Adamax if args.optimizer == "glowlab" else torch.optim.Adamax
-    optimizer = optimizer_class(model.parameters(), lr=1e-4)
+    if args.optimizer == "glowlab":
+        optimizer: torch.optim.Optimizer = Adamax(model.parameters(), lr=1e-4)
+    else:  # torch.optim refuses to be recorded in a CUDA graph unless it is capturable
+        optimizer = torch.optim.Adamax(model.parameters(), lr=1e-4, capturable=args.cuda_graphs)
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         model.log_prob(random_images(model.image_shape, batch_sizes[0], device, generator))

@@ -105,13 +105,18 @@ class Contender:
         """A function that takes one step on a uint8 batch and returns the loss (no read-back)."""
 
         def step(pixels: Tensor) -> Tensor:
-            loss = self.bits_per_dim(pixels).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self.backward(pixels)
             optimizer.step()
             return loss.detach()
 
         return step
+
+    def backward(self, pixels: Tensor) -> Tensor:
+        """The mean bits/dim of a uint8 batch, after its backward pass."""
+        loss = self.bits_per_dim(pixels).mean()
+        loss.backward()
+        return loss
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -161,6 +166,12 @@ class GlowlabContender(Contender):
             log_prob = self.model.log_prob(self._layout(x))
         return bits_per_dim_from_log_prob(log_prob, self.dims, N_BITS)
 
+    def backward(self, pixels: Tensor) -> Tensor:
+        # The backward pass in the same precision: the memory-saving modes run the coupling
+        # networks again there.
+        with precision_context(self.precision, self.model):
+            return super().backward(pixels)
+
     def sample(self, n: int, temperature: float) -> Tensor:
         if not self.cuda_graphs:
             return self._sample(n, temperature)
@@ -185,9 +196,8 @@ class GlowlabContender(Contender):
 
     def training_step(self, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], Tensor]:
         def step(pixels: Tensor, valid: Tensor | None = None) -> Tensor:  # as the Trainer steps
-            loss = self.bits_per_dim(pixels).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self.backward(pixels)
             optimizer.clip_grad_norm_()  # type: ignore[attr-defined]
             finite = torch.isfinite(loss.detach())
             optimizer.step(valid=finite if valid is None else valid & finite)  # type: ignore[call-arg]

@@ -42,6 +42,17 @@ def test_bench_train(tmp_path: Path) -> None:
     assert result["channels_last"] is True  # glowlab train's CPU default
 
 
+def test_bench_train_bf16_in_the_recomputing_memory_modes(tmp_path: Path) -> None:
+    """The backward pass runs in the step's precision: checkpoint mode's recomputation
+    must see the bfloat16 networks of the forward pass, or its check fails."""
+    result = _run(
+        "bench_train", tmp_path, "--model", "small-mnist", "--batch-sizes", "2",
+        "--precisions", "bf16", "--memory-modes", "invertible,checkpoint", "--warmup", "0",
+        "--repeats", "1", "--matmul-size", "64",
+    )  # fmt: skip
+    assert all(r["images_per_s"] > 0 for r in result["results"])
+
+
 def test_bench_memory(tmp_path: Path) -> None:
     result = _run(
         "bench_memory", tmp_path, "--model", "small-mnist", "--batch-sizes", "2",
@@ -99,6 +110,12 @@ def test_graphed_benchmarks_run_on_cuda(tmp_path: Path) -> None:
         "--matmul-size", "256", "--cuda-graphs",
     )  # fmt: skip
     assert train["cuda_graphs"] and all(r["images_per_s"] > 0 for r in train["results"])
+    torch_optim = run(
+        "bench_train", "--model", "small-mnist", "--batch-sizes", "4", "--precisions", "fp32",
+        "--memory-modes", "checkpoint", "--optimizer", "torch", "--warmup", "1", "--repeats", "2",
+        "--matmul-size", "256", "--cuda-graphs",
+    )  # fmt: skip
+    assert torch_optim["results"][0]["images_per_s"] > 0  # a capturable torch.optim.Adamax
     sample = run("bench_sample", "--model", "small-mnist", "--n", "4", "--repeats", "2",
                  "--cuda-graphs")  # fmt: skip
     assert sample["results"][0]["median_ms"] > 0

@@ -259,6 +259,17 @@ def test_train_memory_and_sample_side_by_side(tmp_path: Path, checkouts: dict[st
     assert set(result["implementations"]) == {"glowlab", "rosinality", "y0ast"}
 
 
+def test_glowlab_trains_in_bf16_in_the_recomputing_memory_modes(
+    tmp_path: Path, checkouts: dict[str, Path]
+) -> None:
+    result = _run(
+        tmp_path, checkouts, "--model", "glow-mnist", "--steps", "1", "--batch-sizes", "2",
+        "--warmup", "0", "--repeats", "1", "--questions", "train", "--implementations",
+        "glowlab", "--precision", "bf16", "--memory-mode", "checkpoint",
+    )  # fmt: skip
+    assert result["results"]["train"][0]["images_per_s"] > 0
+
+
 def test_a_peer_that_cannot_build_the_model_gets_a_row_saying_why(
     tmp_path: Path, checkouts: dict[str, Path]
 ) -> None:
