@@ -58,14 +58,17 @@ def _model() -> glowlab.Glow:
     return model
 
 
-def _step(model: glowlab.Glow, optimizer: Adamax, bf16: bool = False):
+def _step(model: glowlab.Glow, optimizer: Adamax, bf16: bool = False, zero_first: bool = False):
     def step(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(model, enabled=bf16):
+        if zero_first:  # the gradients then live on between calls (as in bench_learning.py)
+            optimizer.zero_grad()
+        with autocast(model, enabled=bf16):  # the memory-saving backward runs the nets again
             loss = -model.log_prob(x).mean()
-        loss.backward()
+            loss.backward()
         optimizer.clip_grad_norm_(10.0)
         applied = optimizer.step(valid=valid & torch.isfinite(loss.detach()))
-        optimizer.zero_grad()
+        if not zero_first:
+            optimizer.zero_grad()
         return loss.detach(), applied
 
     return step
@@ -105,8 +108,9 @@ def test_a_graphed_training_step_equals_eager_steps(mode: str) -> None:
 
 
 @CUDA
-def test_a_graphed_bf16_step_trains() -> None:
-    model = _model()
+@pytest.mark.parametrize("mode", ["standard", "invertible", "checkpoint"])
+def test_a_graphed_bf16_step_trains(mode: str) -> None:
+    model = _model().set_memory_mode(mode)
     optimizer = Adamax(model.parameters(), lr=torch.tensor(1e-3, device="cuda"))
     x = torch.rand(8, 3, 8, 8, device="cuda") - 0.5
     graphed = GraphedCall(_step(model, optimizer, bf16=True), x, torch.tensor(False, device="cuda"))
@@ -121,3 +125,40 @@ def test_graphed_sampling_draws_fresh_samples_each_replay() -> None:
     first, second = graphed().clone(), graphed().clone()
     assert first.shape == (8, 3, 8, 8) and torch.isfinite(first).all()
     assert not torch.equal(first, second)
+
+
+@CUDA
+def test_a_learning_rate_off_the_parameters_device_is_refused() -> None:
+    # A CPU tensor would be read once, when the step is recorded, and never again.
+    model = _model()
+    optimizer = Adamax(model.parameters(), lr=torch.tensor(1e-3))
+    x = torch.rand(4, 3, 8, 8, device="cuda") - 0.5
+    with pytest.raises(ValueError, match="parameters' device"):
+        _step(model, optimizer)(x, torch.tensor(True, device="cuda"))
+
+
+@CUDA
+@pytest.mark.parametrize("zero_first", [False, True])
+def test_two_graphs_of_one_model_train_it_as_eager_steps_do(zero_first: bool) -> None:
+    # Two recordings (two batch shapes) share the weights and the optimizer state, and
+    # each keeps its own gradients: replaying one after the other is the eager sequence.
+    eager = _model()
+    graphed_model = copy.deepcopy(eager)
+    shapes = [(4, 3, 8, 8), (8, 3, 8, 8), (4, 3, 8, 8)]
+    batches = [torch.rand(shape, device="cuda") - 0.5 for shape in shapes]
+    yes, no = torch.tensor(True, device="cuda"), torch.tensor(False, device="cuda")
+    with tf32(False):
+        eager_step = _step(eager, Adamax(eager.parameters(), lr=1e-3), zero_first=zero_first)
+        eager_losses = [eager_step(x, yes)[0].clone() for x in batches]
+
+        optimizer = Adamax(graphed_model.parameters(), lr=torch.tensor(1e-3, device="cuda"))
+        step = _step(graphed_model, optimizer, zero_first=zero_first)
+        graphs = {
+            shape: GraphedCall(step, torch.zeros(shape, device="cuda"), no)
+            for shape in dict.fromkeys(shapes)  # one recording per shape
+        }
+        losses = [graphs[tuple(x.shape)](x, yes)[0].clone() for x in batches]
+    torch.testing.assert_close(torch.stack(losses), torch.stack(eager_losses), rtol=1e-5, atol=1e-6)
+    for p, q in zip(graphed_model.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    assert float(optimizer.state[next(graphed_model.parameters())]["step"]) == 3

@@ -87,6 +87,21 @@ def test_bf16_coupling_autocast_keeps_bits_per_dim(float32: None) -> None:
             pass
 
 
+def test_autocast_blocks_nest(float32: None) -> None:
+    model = _trained_like_glow((3, 8, 8), hidden_channels=16)
+    x = torch.rand(4, 3, 8, 8) - 0.5
+    reference = model.log_prob(x)
+    nets = [m.net for m in model.modules() if isinstance(m, glowlab.transforms.Coupling)]
+    with autocast(model):
+        outer = model.log_prob(x)
+        with autocast(model):
+            pass
+        assert torch.equal(model.log_prob(x), outer)  # still in bfloat16 after the inner block
+    assert not torch.equal(outer, reference)
+    assert all("forward" not in net.__dict__ for net in nets)
+    assert torch.equal(model.log_prob(x), reference)
+
+
 def test_channels_last_keeps_values() -> None:
     model = _trained_like_glow()
     x = torch.rand(4, 3, 8, 8) - 0.5

@@ -184,6 +184,13 @@ class FlatOptimizer(torch.optim.Optimizer):
     def _update(self, flat: _FlatGroup, group: dict[str, Any], ok: Tensor | None) -> None:
         g = flat.grad
         lr, wd = group["lr"], group["weight_decay"]
+        if isinstance(lr, Tensor) and lr.device != g.device:
+            # A CPU tensor would still work eagerly, read as a number, but a CUDA graph
+            # would keep the value it had when it was recorded.
+            raise ValueError(
+                f"a tensor learning rate must be on the parameters' device {g.device}, "
+                f"got one on {lr.device}"
+            )
         if wd and not self._decoupled:
             torch._foreach_add_(flat.grad_views, flat.params, alpha=wd)
         if wd and self._decoupled:

@@ -95,7 +95,9 @@ def autocast(
     convolutions run in ``dtype`` and their output is cast back to the dtype of their input,
     so the coupling's scale and shift, the log-determinants and the likelihood are computed
     in the model's dtype (float32). Gradients reach the float32 parameters as usual. Nothing
-    happens with ``enabled=False``.
+    happens with ``enabled=False``. In the ``"invertible"`` and ``"checkpoint"`` memory modes
+    the backward pass runs the networks again, so call ``backward`` inside the block too
+    (outside it they would run in float32: a checkpoint then fails its recomputation check).
 
     Example:
         >>> import glowlab
@@ -109,13 +111,18 @@ def autocast(
         raise ValueError(f"autocast dtype must be torch.bfloat16 or torch.float16, got {dtype}")
     nets = [m.net for m in model.modules() if isinstance(m, Coupling)] if enabled else []
     device_type = _device_type(model)
+    # What each net's instance attribute was: an enclosing block's patch, or none.
+    saved = [net.__dict__.get("forward") for net in nets]
     for net in nets:
         net.forward = _autocast_forward(net.forward, device_type, dtype)  # type: ignore[method-assign]
     try:
         yield model
     finally:
-        for net in nets:
-            del net.forward  # removes the instance attribute: the class method is back
+        for net, forward in zip(nets, saved, strict=True):
+            if forward is None:
+                del net.forward  # removes the instance attribute: the class method is back
+            else:
+                net.forward = forward  # type: ignore[method-assign]
 
 
 def _autocast_forward(forward: Any, device_type: str, dtype: torch.dtype) -> Any:
@@ -263,20 +270,24 @@ class GraphedCall:
     * ``fn`` runs ``warmup`` times, on a side stream, before the recording (the recording
       itself runs no kernel): its effects on the model and optimizer happen then. A
       training step can be made harmless during warmup by a ``valid`` flag among the
-      inputs that rejects the update (:meth:`glowlab.optim.FlatOptimizer.step`).
+      inputs that rejects the update (:meth:`glowlab.optim.FlatOptimizer.step`); ActNorm's
+      data-dependent init is not an update it can reject, so run it before.
     * Python runs ``fn`` only while warming up and recording; a replay repeats its kernels
       and nothing else. A number that changes between calls must therefore be a tensor,
       such as an optimizer's learning rate (``glowlab.optim`` takes a 0-dim tensor ``lr``:
       ``fill_`` it between calls).
     * ``fn`` must not synchronise with the host (no ``.item()``, no Python ``if`` on a
       tensor), or the recording fails. Random numbers (dequantization noise, sampling)
-      are drawn afresh on each replay. In the ``"checkpoint"`` memory mode the
-      recomputation does not replay the random number generator's state while recording
-      (that state cannot be read then); glowlab's layers draw no random numbers.
+      are drawn afresh on each replay from the default CUDA generator; PyTorch refuses a
+      ``torch.Generator`` of one's own inside a recording. In the ``"checkpoint"`` memory
+      mode the recomputation does not replay the random number generator's state while
+      recording (that state cannot be read then); glowlab's layers draw no random numbers.
     * What was computed before the recording is not computed again. In evaluation mode
       glowlab caches each 1x1 convolution's inverse weight: record a sampling graph again
       after the weights change. A training step computes its weights inside the graph
-      and follows the optimizer's in-place updates.
+      and follows the optimizer's in-place updates. The graph keeps the addresses of the
+      optimizer's buffers and of a tensor ``lr``: after ``optimizer.load_state_dict``
+      (which makes new ones) record the step again.
 
     Example (on a GPU)::
 
@@ -326,7 +337,10 @@ class GraphedCall:
                     fn(*self.inputs)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # Recorded on a stream of this device: torch.cuda.graph's own capture stream is
+            # made once per process, on whichever device was current then, and the work on
+            # another device's tensors would not be recorded on it.
+            with torch.cuda.graph(self.graph, stream=side):
                 self.outputs = fn(*self.inputs)
 
     def __call__(self, *inputs: Tensor) -> Any:
