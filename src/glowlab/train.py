@@ -302,7 +302,9 @@ class Trainer:
         if self._order is None or self._order[0] != epoch:
             g = torch.Generator().manual_seed(_order_seed(self.config.seed, epoch))
             order = torch.randperm(len(self.train_images), generator=g)
-            self._order = (epoch, order.to(self.train_images.device))
+            if self.train_images.device.type == "cuda":  # copied without waiting for the GPU
+                order = order.pin_memory().to(self.train_images.device, non_blocking=True)
+            self._order = (epoch, order)
         return self._order[1]
 
     def _next_batch(self) -> tuple[Tensor, Tensor | None]:
