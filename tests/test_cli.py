@@ -171,6 +171,18 @@ def test_train_eval_sample_commands(run_dir: Path, tmp_path: Path, capsys) -> No
     assert json.loads(capsys.readouterr().out)["train"]["steps"] == 9
 
 
+def test_commands_keep_freed_memory_but_train_follows_its_config(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    called: list[None] = []
+    monkeypatch.setattr(glowlab.speed, "keep_freed_memory", lambda: called.append(None))
+    assert cli.main(["sample", str(run_dir), "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert len(called) == 1
+    train = ["train", "--out", str(run_dir), "--resume", "--set", "train.keep_freed_memory=false"]
+    assert cli.main([*train, "--print-config"]) == 0
+    assert len(called) == 1  # the Trainer decides, from train.keep_freed_memory
+
+
 def test_fresh_run_refuses_an_existing_run_folder(run_dir: Path, capsys) -> None:
     assert cli.main(["train", "--preset", "glow-digits", "--out", str(run_dir)]) == 2
     assert "already holds a run" in capsys.readouterr().err
