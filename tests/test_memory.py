@@ -134,7 +134,7 @@ def test_memory_mode_is_not_saved() -> None:
 
 def test_saved_activations_constant_in_depth_for_invertible_mode() -> None:
     saved: dict[str, list[int]] = {"standard": [], "invertible": [], "checkpoint": []}
-    for steps in (1, 2, 4):
+    for steps in (2, 4, 8):  # two or more: a flow's folded pairs are computed together
         for mode, sizes in saved.items():
             torch.manual_seed(0)
             model = glowlab.Glow((3, 8, 8), levels=2, steps=steps, hidden_channels=8)
@@ -142,10 +142,10 @@ def test_saved_activations_constant_in_depth_for_invertible_mode() -> None:
             model.log_prob(x)
             model.set_memory_mode(mode)  # type: ignore[arg-type]
             sizes.append(saved_activation_bytes(lambda m=model, x=x: m.log_prob(x), exclude=model))
-    one, two, four = saved["invertible"]
-    assert one == two == four  # one output per level, whatever the depth
-    one, two, four = saved["standard"]
-    assert one < two < four and four - two == 2 * (two - one)  # linear in the depth
+    two, four, eight = saved["invertible"]
+    assert two == four == eight  # one output per level, whatever the depth
+    two, four, eight = saved["standard"]
+    assert two < four < eight and eight - four == 2 * (four - two)  # linear in the depth
     assert all(c < s for c, s in zip(saved["checkpoint"], saved["standard"], strict=True))
     assert saved["invertible"][-1] < saved["checkpoint"][-1]
 

@@ -38,6 +38,7 @@ from glowlab.transforms import (
     squeeze2d,
     unsqueeze2d,
 )
+from glowlab.transforms.base import FusedPair
 
 IMAGE = (2, 4, 4, 4)
 VECTOR = (3, 6)
@@ -81,6 +82,19 @@ def _folded(conv: Callable[[int], Transform], channels: int, shape: tuple[int, .
     return FlowSequential([_actnorm_initialized(channels, shape), conv(channels)])
 
 
+def _glow_steps(
+    conv: Callable[[int], Transform], channels: int, shape: tuple[int, ...], steps: int = 3
+) -> FlowSequential:
+    """Glow's flow of one level: (ActNorm, 1x1 convolution, coupling) ``steps`` times."""
+    net = _glownet if len(shape) == 4 else _mlp
+    layers: list[Transform] = []
+    for _ in range(steps):
+        layers += [_actnorm_initialized(channels, shape), conv(channels), Coupling(channels, net)]
+    flow = FlowSequential(layers)
+    _perturb(flow)
+    return flow
+
+
 # (id, factory, input shape, input sampler)
 CASES: list[tuple[str, Callable[[], Transform], tuple[int, ...]]] = [
     ("actnorm-image", lambda: _actnorm_initialized(4, IMAGE), IMAGE),
@@ -102,6 +116,10 @@ CASES: list[tuple[str, Callable[[], Transform], tuple[int, ...]]] = [
     ("folded-conv1x1lu-image", lambda: _folded(InvConv1x1LU, 4, IMAGE), IMAGE),
     ("folded-conv1x1lu-vector", lambda: _folded(InvConv1x1LU, 6, VECTOR), VECTOR),
     ("fused-pair", lambda: _folded(InvConv1x1LU, 4, IMAGE).units()[0], IMAGE),
+    # Several folded pairs in one flow: their weights are computed together.
+    ("glow-steps-conv1x1-image", lambda: _glow_steps(InvConv1x1, 4, IMAGE), IMAGE),
+    ("glow-steps-conv1x1lu-image", lambda: _glow_steps(InvConv1x1LU, 4, IMAGE), IMAGE),
+    ("glow-steps-conv1x1lu-vector", lambda: _glow_steps(InvConv1x1LU, 6, VECTOR), VECTOR),
 ]
 for kind in ("additive", "affine"):
     for scale in ("sigmoid", "exp_tanh") if kind == "affine" else ("sigmoid",):
@@ -333,6 +351,58 @@ def test_folded_actnorm_is_the_same_function_and_gradient(
     ):
         assert a.grad is not None, name
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-11, msg=name)
+
+
+def _no_batched_folds(flow: FlowSequential) -> FlowSequential:
+    """``flow`` with each folded pair computing its own weights (the per-pair path)."""
+    flow.batch_folds = False
+    return flow
+
+
+@pytest.mark.parametrize("conv", [InvConv1x1, InvConv1x1LU])
+@pytest.mark.parametrize("shape", [IMAGE, VECTOR], ids=["image", "vector"])
+def test_batched_folds_are_the_same_function_and_gradient(
+    conv: Callable[[int], Transform], shape: tuple[int, ...]
+) -> None:
+    batched = _glow_steps(conv, shape[1], shape)
+    pairs = [u for u in batched.units() if isinstance(u, FusedPair)]
+    x = torch.randn(shape)
+    assert pairs[0].second.fold_pairs(pairs, x) is not None  # really taken
+    per_pair = _no_batched_folds(copy.deepcopy(batched))
+    separate = copy.deepcopy(batched)
+    separate.fuse = False
+    outputs = []
+    for flow in (batched, per_pair, separate):
+        z, logdet = flow(x)
+        (z.square().sum() + logdet.sum()).backward()
+        outputs.append((z, logdet))
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for flow in (per_pair, separate):
+        for (name, a), (_, b) in zip(
+            batched.named_parameters(), flow.named_parameters(), strict=True
+        ):
+            assert a.grad is not None, name
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-11, msg=name)
+
+
+def test_batched_folds_leave_evaluation_to_the_cache() -> None:
+    flow = _glow_steps(InvConv1x1LU, 4, IMAGE).eval()
+    pairs = [u for u in flow.units() if isinstance(u, FusedPair)]
+    x = torch.randn(IMAGE)
+    with torch.no_grad():
+        assert pairs[0].second.fold_pairs(pairs, x) is None
+    assert pairs[0].second.fold_pairs(pairs, x) is not None  # gradients for the weights
+    # An ActNorm that will initialise itself on this batch: no folding yet.
+    fresh = FlowSequential([ActNorm(4), InvConv1x1LU(4), ActNorm(4), InvConv1x1LU(4)])
+    units = fresh.units()
+    assert units[0].second.fold_pairs(units, x) is None
+    fresh(x)
+    assert units[0].second.fold_pairs(units, x) is not None
+    mixed = FlowSequential([*flow.transforms[:2], *fresh.transforms[:1], InvConv1x1(4)])
+    units = mixed.units()
+    assert units[0].second.fold_pairs(units, x) is None  # two kinds of convolution
 
 
 def test_units_pair_each_actnorm_with_its_convolution() -> None:

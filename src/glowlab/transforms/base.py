@@ -14,13 +14,13 @@ not use it accept and ignore it, so that a whole flow can pass it along uniforml
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowSequential", "FusedPair", "Rebuilt", "Transform", "zero_logdet"]
+__all__ = ["FlowSequential", "FoldedPairs", "FusedPair", "Rebuilt", "Transform", "zero_logdet"]
 
 
 def zero_logdet(x: Tensor) -> Tensor:
@@ -41,6 +41,18 @@ class Rebuilt(NamedTuple):
     z: Tensor
     logdet: Tensor
     combine: Callable[..., Tensor]
+
+
+class FoldedPairs(NamedTuple):
+    """Several folded pairs of one flow, their weights computed together.
+
+    ``apply[k]`` maps the input of the k-th pair to its output. Pair k's log-determinant is
+    ``positions * per_position[k]`` for an input of ``positions`` pixels (``H * W``), the
+    same for every example.
+    """
+
+    apply: list[Callable[[Tensor], Tensor]]
+    per_position: Tensor
 
 
 class Transform(nn.Module):
@@ -90,6 +102,18 @@ class Transform(nn.Module):
         """Whether :meth:`forward_fused` can fold ``previous`` (once it is ready to)."""
         return False
 
+    def fold_pairs(self, pairs: Sequence[FusedPair], x: Tensor) -> FoldedPairs | None:
+        """The forward functions of ``pairs`` (this layer is the second of the first pair),
+        with all their weights computed in a few batched operations, or None.
+
+        A deep flow computes each pair's folded weight from its parameters in a dozen
+        small operations, forward and backward: most of the kernels of a training step,
+        each one launched on its own. :class:`FlowSequential` offers its folded pairs here
+        first; a layer that can compute the weights of its kind for all of them at once
+        overrides this. ``x`` is the flow's input. The result must be the same function.
+        """
+        return None
+
 
 class FusedPair(Transform):
     """Two neighbouring layers run as one where the second can fold the first in.
@@ -126,7 +150,9 @@ class FlowSequential(Transform):
 
     Neighbours that can run as one operation do (see :meth:`Transform.forward_fused`): an
     ActNorm followed by a 1x1 convolution is one convolution with a bias. ``fuse=False``
-    runs every layer on its own; the function is the same either way.
+    runs every layer on its own; the function is the same either way. Where the weights of
+    several folded pairs are computed anew (training), they are computed together
+    (:meth:`Transform.fold_pairs`); ``batch_folds=False`` has each pair compute its own.
 
     Example:
         >>> from glowlab.transforms import ActNorm, Reverse
@@ -136,10 +162,13 @@ class FlowSequential(Transform):
         torch.Size([2])
     """
 
-    def __init__(self, transforms: Iterable[Transform], fuse: bool = True) -> None:
+    def __init__(
+        self, transforms: Iterable[Transform], fuse: bool = True, batch_folds: bool = True
+    ) -> None:
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
         self.fuse = fuse
+        self.batch_folds = batch_folds
 
     def __len__(self) -> int:
         return len(self.transforms)
@@ -169,11 +198,28 @@ class FlowSequential(Transform):
         return iter(self.transforms)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        logdet = zero_logdet(x)
-        for unit in self.units():
-            x, ld = unit(x, context)
-            logdet = logdet + ld
-        return x, logdet
+        units = self.units()
+        pairs = [unit for unit in units if isinstance(unit, FusedPair)]
+        batched = self.batch_folds and len(pairs) > 1
+        folded = pairs[0].second.fold_pairs(pairs, x) if batched else None
+        if folded is None:
+            logdet = zero_logdet(x)
+            for unit in units:
+                x, ld = unit(x, context)
+                logdet = logdet + ld
+            return x, logdet
+        logdet, index, positions = zero_logdet(x), 0, 0
+        for unit in units:
+            if isinstance(unit, FusedPair):
+                positions = spatial_size(x)
+                x = folded.apply[index](x)
+                index += 1
+            else:
+                x, ld = unit(x, context)
+                logdet = logdet + ld
+        # The pairs' log-determinants, added once. The pairs share their width and every
+        # layer keeps the dimension C*H*W, so each pair's input has the same H*W.
+        return x, logdet + (positions * folded.per_position.sum()).to(logdet.dtype)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(z)
