@@ -87,7 +87,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def add_speed_options(parser: argparse.ArgumentParser, training: bool = True) -> None:
-    """``--channels-last`` / ``--no-channels-last`` and ``--compile``.
+    """``--channels-last`` / ``--no-channels-last``, ``--compile``, and for training
+    ``--batch-folds`` / ``--no-batch-folds``.
 
     The default layout is ``glowlab train``'s for training (channels-last on the CPU) and
     the plain one for sampling, which ``glowlab sample`` uses.
@@ -100,6 +101,14 @@ def add_speed_options(parser: argparse.ArgumentParser, training: bool = True) ->
         help=f"weights and inputs channels-last (NHWC); default: {default}",
     )
     parser.add_argument("--compile", action="store_true", help="glowlab.speed.compile_flow_steps")
+    if training:
+        parser.add_argument(
+            "--batch-folds",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="compute the folded 1x1 weights of a level together (FlowSequential."
+            "batch_folds); --no-batch-folds: each pair its own",
+        )
 
 
 def add_cuda_graphs_option(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +136,7 @@ def speed_settings(args: argparse.Namespace, device: torch.device) -> dict[str, 
     """The speed options a run used, for its report: compiled, CUDA graphs, layout."""
     return {
         "compiled": args.compile,
+        "batch_folds": getattr(args, "batch_folds", True),
         "cuda_graphs": getattr(args, "cuda_graphs", False),
         "channels_last": use_channels_last(args, device),
         "keep_freed_memory": args.keep_freed_memory,
@@ -136,11 +146,14 @@ def speed_settings(args: argparse.Namespace, device: torch.device) -> dict[str, 
 def apply_speed_options(
     args: argparse.Namespace, model: FlowModel, device: torch.device
 ) -> Callable[[Tensor], Tensor]:
-    """Apply ``--channels-last`` and ``--compile`` to ``model`` (after its ActNorm init).
+    """Apply ``--channels-last``, ``--batch-folds`` and ``--compile`` to ``model`` (after its
+    ActNorm init).
 
     Returns the function that puts an input batch in the chosen layout.
     """
     channels_last = use_channels_last(args, device)
+    for level in model.levels:
+        level.flow.batch_folds = getattr(args, "batch_folds", True)
     if channels_last:
         to_channels_last(model)
     if args.compile:

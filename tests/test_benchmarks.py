@@ -53,6 +53,21 @@ def test_bench_train_bf16_in_the_recomputing_memory_modes(tmp_path: Path) -> Non
     assert all(r["images_per_s"] > 0 for r in result["results"])
 
 
+def test_bench_ops(tmp_path: Path) -> None:
+    result = _run(
+        "bench_ops", tmp_path, "--model", "small-mnist", "--per-pair",
+        "--memory-modes", "standard,checkpoint",
+    )  # fmt: skip
+    rows = {(r["memory_mode"], r["folds"]): r for r in result["results"]}
+    batched, per_pair = rows["standard", "batched"], rows["standard", "per pair"]
+    assert 0 < batched["batch_ops"] <= per_pair["batch_ops"]
+    # Two levels of 8 folded pairs: each pair's dozens of small operations become a few
+    # batched ones per level.
+    assert batched["small_ops"] < per_pair["small_ops"] - 16 * 20
+    assert batched["ops"] == batched["batch_ops"] + batched["small_ops"] and batched["views"] > 0
+    assert rows["checkpoint", "batched"]["ops"] > batched["ops"]  # it recomputes
+
+
 def test_bench_memory(tmp_path: Path) -> None:
     result = _run(
         "bench_memory", tmp_path, "--model", "small-mnist", "--batch-sizes", "2",
