@@ -50,6 +50,9 @@ tests)
 train)
     run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256 \
         --precisions fp32,tf32,bf16 --memory-modes standard --json "$out/train.json"
+    # The same without the batched folded weights: what the fewer launches are worth here.
+    run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256 \
+        --precisions tf32 --memory-modes standard --no-batch-folds --json "$out/train-per-pair.json"
     run bench_train.py --device cuda --model glow-cifar10 --batch-sizes 64,256,512 \
         --precisions tf32,bf16 --memory-modes standard --channels-last --compile \
         --json "$out/train-nhwc-compiled.json"
