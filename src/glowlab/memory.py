@@ -68,7 +68,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .transforms.actnorm import ActNorm
-from .transforms.base import FlowSequential, zero_logdet
+from .transforms.base import FlowSequential, FusedPair, spatial_size, zero_logdet
 from .transforms.normalization import BatchNormFlow
 
 __all__ = ["run_flow", "saved_activation_bytes"]
@@ -216,7 +216,20 @@ def _run_checkpointed(flow: FlowSequential, h: Tensor, y: Tensor | None) -> tupl
     # random numbers; glowlab's layers draw none. Reading that state is not allowed while a
     # CUDA graph is recorded (glowlab.speed.GraphedCall), so it is skipped then.
     preserve_rng = not (h.is_cuda and torch.cuda.is_current_stream_capturing())
-    for layer in flow.units():
+    # The folded pairs' weights, computed together as in standard mode (a few stacked
+    # parameters are all they keep). A folded pair is then one convolution, which stores
+    # only its input: what a checkpoint of it would store.
+    units = flow.units()
+    pairs = [unit for unit in units if isinstance(unit, FusedPair)]
+    batched = flow.batch_folds and len(pairs) > 1 and not _needs_actnorm_init(flow)
+    folded = pairs[0].second.fold_pairs(pairs, h) if batched else None
+    index, positions = 0, 0
+    for layer in units:
+        if folded is not None and isinstance(layer, FusedPair):
+            positions = spatial_size(h)
+            h = folded.apply[index](h)
+            index += 1
+            continue
         if _needs_actnorm_init(layer):
             h, ld = layer(h, y)
         else:
@@ -224,6 +237,8 @@ def _run_checkpointed(flow: FlowSequential, h: Tensor, y: Tensor | None) -> tupl
                 _once_updating(layer, y), h, use_reentrant=False, preserve_rng_state=preserve_rng
             )
         logdet = logdet + ld
+    if folded is not None:  # the pairs' log-determinants, added once (as FlowSequential does)
+        logdet = logdet + (positions * folded.per_position.sum()).to(logdet.dtype)
     return h, logdet
 
 
