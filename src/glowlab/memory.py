@@ -68,7 +68,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .transforms.actnorm import ActNorm
-from .transforms.base import FlowSequential, FusedPair, spatial_size, zero_logdet
+from .transforms.base import FlowSequential, FoldedPairs, FusedPair, spatial_size, zero_logdet
 from .transforms.normalization import BatchNormFlow
 
 __all__ = ["run_flow", "saved_activation_bytes"]
@@ -176,8 +176,13 @@ class _InvertibleFlow(torch.autograd.Function):
         out = z.detach()
         grad_out = torch.zeros_like(out) if grad_z is None else grad_z
         grad_ld = zero_logdet(out) if grad_logdet is None else grad_logdet
+        units = flow.units()
+        folds = _PairFolds.of(flow, units, out)
         with _buffers_restored(flow):
-            for layer in reversed(flow.units()):
+            for layer in reversed(units):
+                if folds is not None and isinstance(layer, FusedPair):
+                    out, grad_out = folds.rebuild_previous(out, grad_out)
+                    continue
                 local = [p for p in layer.parameters() if id(p) in index]
                 ctx_in = [context] if want_context else []
                 with torch.enable_grad():
@@ -206,7 +211,73 @@ class _InvertibleFlow(torch.autograd.Function):
                 if want_context and grads[-1] is not None:
                     context_grad = grads[-1] if context_grad is None else context_grad + grads[-1]
                 out = x.detach()
+            if folds is not None:  # before the buffers are restored: the graph reads them
+                for p, g in folds.parameter_grads(grad_ld, index):
+                    i = index[id(p)]
+                    param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
         return (None, grad_out, context_grad, *param_grads)
+
+
+class _PairFolds:
+    """A flow's folded pairs in the invertible backward pass, their weights computed
+    together (:meth:`Transform.fold_pairs`, :meth:`Transform.unfold_pairs`).
+
+    Each pair's input is rebuilt with the batched inverse weights, and the gradients of its
+    weight and bias are kept; at the end one backward pass through the batched weight
+    computation turns them, and the log-determinants' gradient, into the parameters'.
+    """
+
+    def __init__(self, pairs: list[FusedPair], folded: FoldedPairs, inverses: list[Any]) -> None:
+        self.pairs = pairs
+        self.folded = folded
+        self.inverses = inverses
+        self.next = len(pairs)  # the pairs are met last to first
+        self.positions = 0
+        self.weight_grads: list[Tensor] = []
+        self.bias_grads: list[Tensor] = []
+
+    @classmethod
+    def of(cls, flow: FlowSequential, units: list[Any], out: Tensor) -> _PairFolds | None:
+        pairs = [unit for unit in units if isinstance(unit, FusedPair)]
+        if not flow.batch_folds or len(pairs) < 2:
+            return None
+        with torch.enable_grad():
+            folded = pairs[0].second.fold_pairs(pairs, out)
+        inverses = pairs[0].second.unfold_pairs(pairs) if folded is not None else None
+        return None if folded is None or inverses is None else cls(pairs, folded, inverses)
+
+    def rebuild_previous(self, out: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
+        """The input of the pair whose output is ``out``, and the gradient there."""
+        self.next -= 1
+        k = self.next
+        self.positions = spatial_size(out)
+        with torch.no_grad():
+            x = self.inverses[k](out)
+        leaf = x.detach().requires_grad_(True)
+        weight, bias = self.folded.weights[k], self.folded.biases[k]
+        with torch.enable_grad():
+            z = self.folded.apply[k](leaf)
+            grad_x, grad_w, grad_b = torch.autograd.grad(z, [leaf, weight, bias], grad_out)
+        self.weight_grads.insert(0, grad_w)
+        self.bias_grads.insert(0, grad_b)
+        return x.detach(), grad_x
+
+    def parameter_grads(
+        self, grad_logdet: Tensor, index: dict[int, int]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """``(parameter, gradient)`` for the pairs' parameters that need one."""
+        params = [p for pair in self.pairs for p in pair.parameters() if id(p) in index]
+        per_position = self.folded.per_position
+        # The flow's log-determinant holds positions * sum_k per_position[k] for each example.
+        grad_per_position = (self.positions * grad_logdet.sum()).to(per_position.dtype)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                [*self.folded.weights, *self.folded.biases, per_position],
+                params,
+                [*self.weight_grads, *self.bias_grads, grad_per_position.expand_as(per_position)],
+                allow_unused=True,
+            )
+        return [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
 
 
 # -- "checkpoint" ------------------------------------------------------------------------------

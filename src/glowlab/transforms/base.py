@@ -46,13 +46,16 @@ class Rebuilt(NamedTuple):
 class FoldedPairs(NamedTuple):
     """Several folded pairs of one flow, their weights computed together.
 
-    ``apply[k]`` maps the input of the k-th pair to its output. Pair k's log-determinant is
-    ``positions * per_position[k]`` for an input of ``positions`` pixels (``H * W``), the
-    same for every example.
+    ``apply[k]`` maps the input of the k-th pair to its output, with ``weights[k]`` and
+    ``biases[k]`` (the tensors it reads, for a caller that wants their gradients). Pair k's
+    log-determinant is ``positions * per_position[k]`` for an input of ``positions`` pixels
+    (``H * W``), the same for every example.
     """
 
     apply: list[Callable[[Tensor], Tensor]]
     per_position: Tensor
+    weights: list[Tensor]
+    biases: list[Tensor]
 
 
 class Transform(nn.Module):
@@ -112,6 +115,11 @@ class Transform(nn.Module):
         first; a layer that can compute the weights of its kind for all of them at once
         overrides this. ``x`` is the flow's input. The result must be the same function.
         """
+        return None
+
+    def unfold_pairs(self, pairs: Sequence[FusedPair]) -> list[Callable[[Tensor], Tensor]] | None:
+        """The inverse functions of ``pairs``, their weights computed together without
+        gradients (see :meth:`fold_pairs`), or None."""
         return None
 
 

@@ -13,6 +13,7 @@ gradients reach ``loc``, ``log_scale`` and the convolution's weights exactly as 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -211,10 +212,38 @@ class _Conv1x1(Transform):
 
             return run
 
+        weight_list, bias_list = list(weights.unbind(0)), list(biases.unbind(0))
         return FoldedPairs(
-            [apply(w, b) for w, b in zip(weights.unbind(0), biases.unbind(0), strict=True)],
+            [apply(w, b) for w, b in zip(weight_list, bias_list, strict=True)],
             log_scale.sum(1) + logabsdet,
+            weight_list,
+            bias_list,
         )
+
+    @classmethod
+    def _batched_inverses(cls, convs: Sequence[_Conv1x1]) -> Tensor:
+        """``W^-1`` of each of ``convs`` (K, C, C), computed together."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def unfold_pairs(self, pairs: Sequence[FusedPair]) -> list[Callable[[Tensor], Tensor]] | None:
+        """The inverses ``x = diag(exp(-s_k)) W_k^-1 z + loc_k`` of the pairs that
+        :meth:`fold_pairs` folds, their weights computed together, without gradients (what
+        the memory-saving backward pass rebuilds each pair's input with)."""
+        convs = [pair.second for pair in pairs]
+        norms = [pair.first for pair in pairs]
+        if not all(
+            type(conv) is type(self) and conv.channels == self.channels and conv.fuses_with(norm)
+            for conv, norm in zip(convs, norms, strict=True)
+        ):
+            return None
+        log_scale = torch.stack([norm.log_scale for norm in norms])  # type: ignore[misc]
+        loc = torch.stack([norm.loc for norm in norms])  # type: ignore[misc]
+        weights = (-log_scale).exp().unsqueeze(2) * type(self)._batched_inverses(convs)  # rows
+        return [
+            partial(_mix, weight=w, bias=b)
+            for w, b in zip(weights.unbind(0), loc.unbind(0), strict=True)
+        ]
 
     def extra_repr(self) -> str:
         return f"{self.channels}"
@@ -249,6 +278,11 @@ class InvConv1x1(_Conv1x1):
     def _batched_matrices(cls, convs: Sequence[_Conv1x1]) -> tuple[Tensor, Tensor]:
         weights = torch.stack([conv.weight for conv in convs])  # type: ignore[misc]
         return weights, torch.linalg.slogdet(weights).logabsdet
+
+    @classmethod
+    def _batched_inverses(cls, convs: Sequence[_Conv1x1]) -> Tensor:
+        weights = torch.stack([conv.weight for conv in convs])  # type: ignore[misc]
+        return torch.linalg.inv_ex(weights).inverse
 
     def _compute_inverse(self) -> Tensor:
         # inv_ex: linalg.inv would read its error flag back to the host (a synchronisation
@@ -302,16 +336,32 @@ class InvConv1x1LU(_Conv1x1):
         return self.perm @ lower @ upper
 
     @classmethod
-    def _batched_matrices(cls, convs: Sequence[_Conv1x1]) -> tuple[Tensor, Tensor]:
+    def _batched_factors(cls, convs: Sequence[_Conv1x1]) -> tuple[Tensor, Tensor, Tensor]:
+        """``L`` and ``U`` of each of ``convs`` (K, C, C), as :meth:`_factors` makes them,
+        and ``log|s|`` (K, C)."""
         # The masks and the identity depend only on the width, which the convolutions share.
         first: InvConv1x1LU = convs[0]  # type: ignore[assignment]
         log_s = torch.stack([conv.log_s for conv in convs])  # type: ignore[misc]
         sign = torch.stack([conv.sign_s for conv in convs])  # type: ignore[misc]
         lower = torch.stack([conv.lower for conv in convs]) * first.lower_mask + first.eye  # type: ignore[misc]
         upper = torch.stack([conv.upper for conv in convs]) * first.lower_mask.T  # type: ignore[misc]
-        upper = upper + torch.diag_embed(sign * log_s.exp())
+        return lower, upper + torch.diag_embed(sign * log_s.exp()), log_s
+
+    @classmethod
+    def _batched_matrices(cls, convs: Sequence[_Conv1x1]) -> tuple[Tensor, Tensor]:
+        lower, upper, log_s = cls._batched_factors(convs)
         perm = torch.stack([conv.perm for conv in convs])  # type: ignore[misc]
         return perm @ lower @ upper, log_s.sum(1)
+
+    @classmethod
+    def _batched_inverses(cls, convs: Sequence[_Conv1x1]) -> Tensor:
+        first: InvConv1x1LU = convs[0]  # type: ignore[assignment]
+        lower, upper, _ = cls._batched_factors(convs)
+        eye = first.eye.expand_as(lower)
+        lower_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        upper_inv = torch.linalg.solve_triangular(upper, eye, upper=True)
+        perm = torch.stack([conv.perm for conv in convs])  # type: ignore[misc]
+        return upper_inv @ lower_inv @ perm.transpose(1, 2)
 
     def weight(self) -> Tensor:
         """``W = P L U``, the matrix the layer applies (cached like :meth:`inverse_weight`)."""
