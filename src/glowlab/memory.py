@@ -17,8 +17,11 @@ memory-saving modes.
     network with gradients both inverts the layer and rebuilds its graph
     (:meth:`~glowlab.transforms.Coupling.rebuild`). Both modes walk the flow by
     :meth:`~glowlab.transforms.FlowSequential.units`, so an ActNorm and the 1x1 convolution
-    after it are one folded layer here too. ``docs/benchmarks.md`` has the measured step
-    times.
+    after it are one folded layer here too. As in standard mode the folded pairs' weights
+    are computed together (``FlowSequential.batch_folds``): each pair's input is rebuilt
+    with inverse weights computed together, and the gradients of all the pairs' weights go
+    back to their parameters in one pass at the end. ``docs/benchmarks.md`` has the
+    measured step times.
 
     * **Exactness.** The gradients equal standard backprop up to the error of the
       reconstruction ``inverse(forward(x))``: about ``1e-15`` relative in float64 (the tests
@@ -46,8 +49,10 @@ memory-saving modes.
     ``use_reentrant=False``): each layer's input is stored and the layer's internal
     activations (the wide hidden layers of the coupling networks, most of the memory) are
     recomputed in the backward pass (one extra forward: 1.3 to 1.6 times the step time of
-    standard backprop on a CPU). Memory still grows with ``K``, more slowly; any layer
-    works, BatchNormFlow in training mode included. A layer that still needs ActNorm's init
+    standard backprop on a CPU). A folded (ActNorm, 1x1 convolution) pair is not
+    checkpointed: its weights are computed together with the level's other pairs, and its
+    one convolution stores only its input, as a checkpoint would. Memory still grows with
+    ``K``, more slowly; any layer works, BatchNormFlow in training mode included. A layer that still needs ActNorm's init
     runs without checkpointing for that call, and buffers (running statistics of batch
     normalisation) are restored after the recomputation so that they are updated once per
     step, as in standard training.
