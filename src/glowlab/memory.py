@@ -52,10 +52,10 @@ memory-saving modes.
     standard backprop on a CPU). A folded (ActNorm, 1x1 convolution) pair is not
     checkpointed: its weights are computed together with the level's other pairs, and its
     one convolution stores only its input, as a checkpoint would. Memory still grows with
-    ``K``, more slowly; any layer works, BatchNormFlow in training mode included. A layer that still needs ActNorm's init
-    runs without checkpointing for that call, and buffers (running statistics of batch
-    normalisation) are restored after the recomputation so that they are updated once per
-    step, as in standard training.
+    ``K``, more slowly; any layer works, BatchNormFlow in training mode included. A layer
+    that still needs ActNorm's init runs without checkpointing for that call, and buffers
+    (running statistics of batch normalisation) are restored after the recomputation so
+    that they are updated once per step, as in standard training.
 
 :func:`saved_activation_bytes` measures the bytes autograd stores for one training
 forward pass; it is how the tests and ``benchmarks/bench_memory.py`` compare the modes on a
