@@ -41,16 +41,14 @@ from common import (
     MODEL_CONFIGS,
     PRECISIONS,
     REPO_ROOT,
-    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
     build_model,
-    check_cuda_graphs,
     check_precision,
+    parse,
     precision_context,
     report,
-    setup,
     speed_settings,
     synchronize,
 )
@@ -159,9 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-mode", default="standard", choices=MEMORY_MODES)
     parser.add_argument("--init-batch", type=int, default=256, help="images for ActNorm's init")
     add_speed_options(parser)
-    add_cuda_graphs_option(parser)
-    args = parser.parse_args(argv)  # fmt: skip
-    device = setup(args, default_cpu_model="small-mnist" if args.dataset == "mnist" else "small")
+    args, device = parse(
+        parser, argv, lambda args: "small-mnist" if args.dataset == "mnist" else "small"
+    )
     if args.model == "glow-cifar10" and args.dataset == "mnist" and args.device == "auto":
         args.model = "glow-mnist"  # the CUDA default follows the dataset
     cuda = device.type == "cuda"
@@ -171,7 +169,6 @@ def main(argv: list[str] | None = None) -> None:
     if (why := check_precision(args.precision, device)) is not None:
         parser.error(why)
     check_data_options(parser, args, MODEL_CONFIGS[args.model]["image_shape"])
-    check_cuda_graphs(parser, args, device)
 
     train, test = load_data(args, device)
 

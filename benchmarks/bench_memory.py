@@ -29,10 +29,10 @@ from common import (
     check_precision,
     csv_list,
     median_seconds,
+    parse,
     precision_context,
     random_images,
     report,
-    setup,
     speed_settings,
 )
 
@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (0: no timing)")
-    add_speed_options(parser)
-    args = parser.parse_args(argv)  # fmt: skip
-    device = setup(args)
+    add_speed_options(parser, cuda_graphs=False)
+    args, device = parse(parser, argv)
     cuda = device.type == "cuda"
     batch_sizes = args.batch_sizes or ([64, 128, 256] if cuda else [16, 32])
     if (why := check_precision(args.precision, device)) is not None:

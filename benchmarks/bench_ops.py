@@ -36,9 +36,9 @@ from common import (
     base_parser,
     build_model,
     csv_list,
+    parse,
     random_images,
     report,
-    setup,
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also count with each folded pair computing its own weights",
     )
-    args = parser.parse_args(argv)
-    device = setup(args)
+    args, device = parse(parser, argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     for mode in args.memory_modes:

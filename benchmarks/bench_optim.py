@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from common import base_parser, build_model, report, setup, time_calls
+from common import base_parser, build_model, parse, report, time_calls
 
 from glowlab.optim import Adamax
 
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per optimizer")
     parser.add_argument("--repeats", type=int, default=30, help="timed steps (median)")
-    args = parser.parse_args(argv)
-    device = setup(args)
+    args, device = parse(parser, argv)
     model = build_model(args.model, device)
     params = list(model.parameters())
     grads = [torch.randn_like(p) for p in params]

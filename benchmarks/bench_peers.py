@@ -62,20 +62,18 @@ from common import (
     MEMORY_MODES,
     MODEL_CONFIGS,
     PRECISIONS,
-    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
-    check_cuda_graphs,
     check_precision,
     csv_list,
     environment,
     jsonable,
     median_seconds,
+    parse,
     print_table,
     random_pixels,
     release,
-    setup,
     synchronize,
 )
 from peers import PEER_KINDS, Contender, GlowlabContender, Unsupported
@@ -459,10 +457,7 @@ def main(argv: list[str] | None = None) -> None:
         help="glowlab's learning-rate warmup (default: 50 on CPU, 500 on CUDA)",
     )
     add_speed_options(parser)
-    add_cuda_graphs_option(parser)
-    args = parser.parse_args(argv)  # fmt: skip
-    device = setup(args)
-    check_cuda_graphs(parser, args, device)
+    args, device = parse(parser, argv)
     cuda = device.type == "cuda"
     for question in args.questions:
         if question not in QUESTIONS:

@@ -21,17 +21,15 @@ import statistics
 import torch
 from common import (
     PRECISIONS,
-    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
     build_model,
-    check_cuda_graphs,
     check_precision,
+    parse,
     precision_context,
     random_images,
     report,
-    setup,
     speed_settings,
     time_calls,
 )
@@ -48,10 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     add_speed_options(parser, training=False)
-    add_cuda_graphs_option(parser)
-    args = parser.parse_args(argv)
-    device = setup(args)
-    check_cuda_graphs(parser, args, device)
+    args, device = parse(parser, argv)
     if (why := check_precision(args.precision, device)) is not None:
         parser.error(why)
 

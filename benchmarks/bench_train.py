@@ -31,21 +31,19 @@ from collections.abc import Callable
 import torch
 from common import (
     MEMORY_MODES,
-    add_cuda_graphs_option,
     add_speed_options,
     apply_speed_options,
     base_parser,
     build_model,
-    check_cuda_graphs,
     check_precision,
     csv_list,
     matmul_tflops,
     median_seconds,
+    parse,
     precision_context,
     random_images,
     release,
     report,
-    setup,
     speed_settings,
 )
 from torch import Tensor
@@ -122,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         help="side of the ceiling matmul (default 1024 on CPU, 8192 on CUDA)",
     )
     add_speed_options(parser)
-    add_cuda_graphs_option(parser)
-    args = parser.parse_args(argv)  # fmt: skip
-    device = setup(args)
-    check_cuda_graphs(parser, args, device)
+    args, device = parse(parser, argv)
     cuda = device.type == "cuda"
     batch_sizes = args.batch_sizes or ([64, 128, 256, 512] if cuda else [16, 32])
     precisions = args.precisions or (["fp32", "tf32", "bf16"] if cuda else ["fp32"])

@@ -86,9 +86,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_speed_options(parser: argparse.ArgumentParser, training: bool = True) -> None:
-    """``--channels-last`` / ``--no-channels-last``, ``--compile``, and for training
-    ``--batch-folds`` / ``--no-batch-folds``.
+def add_speed_options(
+    parser: argparse.ArgumentParser, training: bool = True, cuda_graphs: bool = True
+) -> None:
+    """``--channels-last`` / ``--no-channels-last``, ``--compile``, for training
+    ``--batch-folds`` / ``--no-batch-folds``, and ``--cuda-graphs`` (checked by
+    :func:`parse`).
 
     The default layout is ``glowlab train``'s for training (channels-last on the CPU) and
     the plain one for sampling, which ``glowlab sample`` uses.
@@ -109,22 +112,13 @@ def add_speed_options(parser: argparse.ArgumentParser, training: bool = True) ->
             help="compute the folded 1x1 weights of a level together (FlowSequential."
             "batch_folds); --no-batch-folds: each pair its own",
         )
-
-
-def add_cuda_graphs_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="record each timed call once as a CUDA graph and replay it "
-        "(glowlab.speed.GraphedCall; CUDA only)",
-    )
-
-
-def check_cuda_graphs(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device
-) -> None:
-    if args.cuda_graphs and device.type != "cuda":
-        parser.error("--cuda-graphs needs a CUDA device (--device cuda)")
+    if cuda_graphs:
+        parser.add_argument(
+            "--cuda-graphs",
+            action="store_true",
+            help="record each timed call once as a CUDA graph and replay it "
+            "(glowlab.speed.GraphedCall; CUDA only)",
+        )
 
 
 def use_channels_last(args: argparse.Namespace, device: torch.device) -> bool:
@@ -177,6 +171,23 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but CUDA is not available")
     return device
+
+
+def parse(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    default_cpu_model: str | Callable[[argparse.Namespace], str] = "small",
+) -> tuple[argparse.Namespace, torch.device]:
+    """Parse ``argv`` and :func:`setup`; ``default_cpu_model`` may depend on the arguments.
+
+    Refuses ``--cuda-graphs`` without a CUDA device (exit code 2).
+    """
+    args = parser.parse_args(argv)
+    model = default_cpu_model(args) if callable(default_cpu_model) else default_cpu_model
+    device = setup(args, model)
+    if getattr(args, "cuda_graphs", False) and device.type != "cuda":
+        parser.error("--cuda-graphs needs a CUDA device (--device cuda)")
+    return args, device
 
 
 def setup(args: argparse.Namespace, default_cpu_model: str = "small") -> torch.device:
