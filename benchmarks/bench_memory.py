@@ -21,6 +21,7 @@ import torch
 from bench_train import bits_per_dim_loss, training_step
 from common import (
     MEMORY_MODES,
+    MIB,
     PRECISIONS,
     add_speed_options,
     apply_speed_options,
@@ -38,8 +39,6 @@ from common import (
 
 from glowlab.memory import saved_activation_bytes
 from glowlab.optim import Adamax
-
-MIB = 2**20
 
 
 def main(argv: list[str] | None = None) -> None:

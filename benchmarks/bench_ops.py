@@ -74,7 +74,7 @@ def _returns_alias(func: Any) -> bool:
     )
 
 
-def count_step(model: Any, step: Any, batch: int) -> Counter[str]:
+def count_step(step: Any, batch: int) -> Counter[str]:
     """The operations of one call of ``step``, by kind."""
     counter = _CountOps(batch)
     with counter:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             model.set_memory_mode(mode)  # type: ignore[arg-type]
             step = training_step(model, optimizer, x, "fp32")
             step()  # the optimizer's state and flat buffers exist from here on
-            counts = count_step(model, step, args.batch_size)
+            counts = count_step(step, args.batch_size)
             rows.append({
                 "memory_mode": mode, "folds": "batched" if batch_folds else "per pair",
                 "ops": counts["batch_ops"] + counts["small_ops"],

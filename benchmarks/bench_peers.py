@@ -48,7 +48,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -60,6 +59,7 @@ import torch
 from bench_learning import add_data_options, check_data_options, load_data
 from common import (
     MEMORY_MODES,
+    MIB,
     MODEL_CONFIGS,
     PRECISIONS,
     add_speed_options,
@@ -68,13 +68,14 @@ from common import (
     check_precision,
     csv_list,
     environment,
-    jsonable,
     median_seconds,
     parse,
     print_table,
     random_pixels,
     release,
+    speed_settings,
     synchronize,
+    write_json,
 )
 from peers import PEER_KINDS, Contender, GlowlabContender, Unsupported
 from torch import Tensor
@@ -82,7 +83,6 @@ from torch import Tensor
 from glowlab.memory import saved_activation_bytes
 
 QUESTIONS = ("train", "memory", "sample", "learning")
-MIB = 2**20
 
 
 def peer_option(text: str) -> tuple[str, Path]:
@@ -498,17 +498,10 @@ def main(argv: list[str] | None = None) -> None:
     for question, rows in results.items():
         print(f"\n## {question}")
         print_table(rows, [c for c in COLUMNS[question] if any(c in r for r in rows)])
-    if args.json is not None:
-        payload = {
-            "environment": env,
-            "args": jsonable(vars(args)),
-            "model_config": field.config,
-            "implementations": field.described,
-            "results": results,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        print(f"# wrote {args.json}")
+    write_json(args, {
+        "environment": env, "model_config": field.config, "implementations": field.described,
+        **speed_settings(args, device), "results": results,
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

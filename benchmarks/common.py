@@ -35,6 +35,7 @@ from glowlab.speed import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MIB = 2**20
 
 #: Model configurations by name: the papers' Glow models and small ones for CPU runs.
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -353,10 +354,16 @@ def report(
     for key, value in extra.items():
         print(f"# {key}: {value}")
     print_table(rows, columns)
+    write_json(args, {"environment": env, **extra, "results": rows})
+
+
+def write_json(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    """Write ``payload`` and the arguments to ``--json``, if it was given."""
     if args.json is not None:
-        payload = {"environment": env, "args": jsonable(vars(args)), **extra, "results": rows}
+        payload = {"environment": payload.get("environment"), "args": jsonable(vars(args)),
+                   **payload}  # fmt: skip
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"# wrote {args.json}")
 
 

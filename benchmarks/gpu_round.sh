@@ -8,10 +8,11 @@
 #   DATA_DIR: folder with mnist/ and cifar10/ .npz files (the learning phases only)
 #
 # Runs from a source checkout with no install: PYTHONPATH points at src/. Needs torch with
-# CUDA and numpy. The peers phases run rosinality/glow-pytorch and y0ast/Glow-PyTorch side
-# by side with glowlab (benchmarks/bench_peers.py) from checkouts in $PEERS (default: .peers/
-# in the repository: rosinality/ and y0ast/); rosinality's model needs scipy. Their learning
-# phases train the two peers only (about 7 minutes); glowlab's figure is learning-*'s.
+# CUDA and numpy; the tests phase also needs pytest, hypothesis and pytest-xdist. The peers
+# phases run rosinality/glow-pytorch and y0ast/Glow-PyTorch side by side with glowlab
+# (benchmarks/bench_peers.py) from checkouts in $PEERS (default: .peers/ in the repository:
+# rosinality/ and y0ast/); rosinality's model needs scipy. Their learning phases train the
+# two peers only (about 7 minutes); glowlab's figure is learning-*'s.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

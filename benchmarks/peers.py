@@ -200,8 +200,9 @@ class GlowlabContender(Contender):
             loss = self.backward(pixels)
             optimizer.clip_grad_norm_()  # type: ignore[attr-defined]
             finite = torch.isfinite(loss.detach())
-            optimizer.step(valid=finite if valid is None else valid & finite)  # type: ignore[call-arg]
-            return loss.detach()
+            applied = optimizer.step(valid=finite if valid is None else valid & finite)  # type: ignore[call-arg]
+            # NaN for a rejected step (a non-finite gradient too), as bench_learning.py counts.
+            return torch.where(applied, loss.detach(), math.nan)
 
         return _GraphedSteps(step, self.device) if self.cuda_graphs else step
 
@@ -250,8 +251,7 @@ class RosinalityContender(Contender):
         log_p, logdet, z = self.model(x)
         if self._z_shapes is None:
             self._z_shapes = [t.shape[1:] for t in z]
-        log_likelihood = log_p + logdet - self.dims * math.log(BINS)
-        return -log_likelihood / (self.dims * math.log(2))
+        return bits_per_dim_from_log_prob(log_p + logdet, self.dims, N_BITS)
 
     def sample(self, n: int, temperature: float) -> Tensor:
         if self._z_shapes is None:
