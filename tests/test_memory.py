@@ -72,6 +72,27 @@ def test_gradients_equal_standard_backprop(name: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("frozen", ["loc", "pairs"])
+def test_frozen_pair_parameters(mode: str, frozen: str) -> None:
+    """Only some of the folded pairs' parameters train (a fine-tuning case): the others get
+    no gradient, and the rest get standard backprop's."""
+    model = MODELS["glow-affine-lu"]()
+    x = _images(model)
+    model.log_prob(x)
+    _perturb(model)
+    for name, p in model.named_parameters():
+        pair_param = ".flow.transforms." in name and ".net." not in name
+        p.requires_grad_(not pair_param or (frozen == "loc" and name.endswith(".loc")))
+    ref_lp, ref_grads = _loss_and_grads(model, "standard", x)
+    lp, grads = _loss_and_grads(model, mode, x)
+    assert torch.allclose(lp, ref_lp, rtol=1e-12, atol=1e-10)
+    assert grads.keys() == ref_grads.keys()
+    assert any(k.endswith(".loc") for k in grads) == (frozen == "loc")
+    for key, ref in ref_grads.items():
+        assert torch.allclose(grads[key], ref, rtol=1e-8, atol=1e-10), key
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_class_conditional_gradients(mode: str) -> None:
     model = glowlab.Glow((3, 8, 8), levels=2, steps=2, hidden_channels=8, num_classes=3)
     x, y = _images(model), torch.tensor([0, 1, 2, 1])

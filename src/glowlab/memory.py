@@ -73,7 +73,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .transforms.actnorm import ActNorm
-from .transforms.base import FlowSequential, FoldedPairs, FusedPair, spatial_size, zero_logdet
+from .transforms.base import (
+    FlowSequential,
+    FoldedPairs,
+    FusedPair,
+    Transform,
+    spatial_size,
+    zero_logdet,
+)
 from .transforms.normalization import BatchNormFlow
 
 __all__ = ["run_flow", "saved_activation_bytes"]
@@ -181,8 +188,7 @@ class _InvertibleFlow(torch.autograd.Function):
         out = z.detach()
         grad_out = torch.zeros_like(out) if grad_z is None else grad_z
         grad_ld = zero_logdet(out) if grad_logdet is None else grad_logdet
-        units = flow.units()
-        folds = _PairFolds.of(flow, units, out)
+        units, folds = _PairFolds.of(flow, out)
         with _buffers_restored(flow):
             for layer in reversed(units):
                 if folds is not None and isinstance(layer, FusedPair):
@@ -237,25 +243,29 @@ class _PairFolds:
         self.folded = folded
         self.inverses = inverses
         self.next = len(pairs)  # the pairs are met last to first
-        self.positions = 0
+        self.positions: list[int] = []  # H*W of each pair's input, first pair first
         self.weight_grads: list[Tensor] = []
         self.bias_grads: list[Tensor] = []
 
     @classmethod
-    def of(cls, flow: FlowSequential, units: list[Any], out: Tensor) -> _PairFolds | None:
-        pairs = [unit for unit in units if isinstance(unit, FusedPair)]
-        if not flow.batch_folds or len(pairs) < 2:
-            return None
+    def of(cls, flow: FlowSequential, out: Tensor) -> tuple[list[Transform], _PairFolds | None]:
+        """The flow's units, and its folded pairs computed together where they can be."""
         with torch.enable_grad():
-            folded = pairs[0].second.fold_pairs(pairs, out)
-        inverses = pairs[0].second.unfold_pairs(pairs) if folded is not None else None
-        return None if folded is None or inverses is None else cls(pairs, folded, inverses)
+            units, folded = flow.folded_units(out)
+        # Where some of the pairs' parameters are frozen, the per-unit rebuild handles them.
+        if folded is None or not all(
+            t.requires_grad for t in (folded.weights[0], folded.biases[0], folded.per_position)
+        ):
+            return units, None
+        pairs = [unit for unit in units if isinstance(unit, FusedPair)]
+        inverses = pairs[0].second.unfold_pairs(pairs)
+        return units, None if inverses is None else cls(pairs, folded, inverses)
 
     def rebuild_previous(self, out: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
         """The input of the pair whose output is ``out``, and the gradient there."""
         self.next -= 1
         k = self.next
-        self.positions = spatial_size(out)
+        self.positions.insert(0, spatial_size(out))
         with torch.no_grad():
             x = self.inverses[k](out)
         leaf = x.detach().requires_grad_(True)
@@ -273,13 +283,18 @@ class _PairFolds:
         """``(parameter, gradient)`` for the pairs' parameters that need one."""
         params = [p for pair in self.pairs for p in pair.parameters() if id(p) in index]
         per_position = self.folded.per_position
-        # The flow's log-determinant holds positions * sum_k per_position[k] for each example.
-        grad_per_position = (self.positions * grad_logdet.sum()).to(per_position.dtype)
+        # The flow's log-determinant holds sum_k positions[k] * per_position[k] for each
+        # example (FlowSequential.run_units).
+        total = grad_logdet.sum().to(per_position.dtype)
+        if len(set(self.positions)) == 1:
+            grad_per_position = (self.positions[0] * total).expand_as(per_position)
+        else:
+            grad_per_position = torch.stack([n * total for n in self.positions])
         with torch.enable_grad():
             grads = torch.autograd.grad(
                 [*self.folded.weights, *self.folded.biases, per_position],
                 params,
-                [*self.weight_grads, *self.bias_grads, grad_per_position.expand_as(per_position)],
+                [*self.weight_grads, *self.bias_grads, grad_per_position],
                 allow_unused=True,
             )
         return [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
@@ -287,35 +302,22 @@ class _PairFolds:
 
 # -- "checkpoint" ------------------------------------------------------------------------------
 def _run_checkpointed(flow: FlowSequential, h: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-    logdet = zero_logdet(h)
     # The recomputation replays the random number generator's state, in case a layer draws
     # random numbers; glowlab's layers draw none. Reading that state is not allowed while a
     # CUDA graph is recorded (glowlab.speed.GraphedCall), so it is skipped then.
     preserve_rng = not (h.is_cuda and torch.cuda.is_current_stream_capturing())
-    # The folded pairs' weights, computed together as in standard mode (a few stacked
-    # parameters are all they keep). A folded pair is then one convolution, which stores
-    # only its input: what a checkpoint of it would store.
-    units = flow.units()
-    pairs = [unit for unit in units if isinstance(unit, FusedPair)]
-    batched = flow.batch_folds and len(pairs) > 1 and not _needs_actnorm_init(flow)
-    folded = pairs[0].second.fold_pairs(pairs, h) if batched else None
-    index, positions = 0, 0
-    for layer in units:
-        if folded is not None and isinstance(layer, FusedPair):
-            positions = spatial_size(h)
-            h = folded.apply[index](h)
-            index += 1
-            continue
+    # The folded pairs' weights are computed together, as in standard mode (a few stacked
+    # parameters are all they keep), and a folded pair is then one convolution, which
+    # stores only its input: what a checkpoint of it would store.
+
+    def run(layer: Transform, x: Tensor) -> tuple[Tensor, Tensor]:
         if _needs_actnorm_init(layer):
-            h, ld = layer(h, y)
-        else:
-            h, ld = checkpoint(
-                _once_updating(layer, y), h, use_reentrant=False, preserve_rng_state=preserve_rng
-            )
-        logdet = logdet + ld
-    if folded is not None:  # the pairs' log-determinants, added once (as FlowSequential does)
-        logdet = logdet + (positions * folded.per_position.sum()).to(logdet.dtype)
-    return h, logdet
+            return layer(x, y)
+        return checkpoint(  # type: ignore[no-any-return]
+            _once_updating(layer, y), x, use_reentrant=False, preserve_rng_state=preserve_rng
+        )
+
+    return flow.run_units(h, run)
 
 
 def _once_updating(layer: nn.Module, y: Tensor | None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:

@@ -205,29 +205,48 @@ class FlowSequential(Transform):
     def __iter__(self):  # type: ignore[override]
         return iter(self.transforms)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def folded_units(self, x: Tensor) -> tuple[list[Transform], FoldedPairs | None]:
+        """:meth:`units`, and the forward functions of its folded pairs with their weights
+        computed together (:meth:`Transform.fold_pairs`), or None where they are not
+        (``batch_folds=False``, fewer than two pairs, or weights that are cached)."""
         units = self.units()
         pairs = [unit for unit in units if isinstance(unit, FusedPair)]
-        batched = self.batch_folds and len(pairs) > 1
-        folded = pairs[0].second.fold_pairs(pairs, x) if batched else None
-        if folded is None:
-            logdet = zero_logdet(x)
-            for unit in units:
-                x, ld = unit(x, context)
-                logdet = logdet + ld
-            return x, logdet
-        logdet, index, positions = zero_logdet(x), 0, 0
+        if not self.batch_folds or len(pairs) < 2:
+            return units, None
+        return units, pairs[0].second.fold_pairs(pairs, x)
+
+    def run_units(
+        self, x: Tensor, run: Callable[[Transform, Tensor], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """``x`` through the flow: ``run(unit, h)`` for each unit, except the folded pairs,
+        whose weights are computed together where they can be (:meth:`folded_units`).
+
+        What :meth:`forward` does with ``run = unit(h, context)``; the checkpointing
+        memory mode (:mod:`glowlab.memory`) runs the other units its own way.
+        """
+        units, folded = self.folded_units(x)
+        logdet = zero_logdet(x)
+        positions: list[int] = []  # H*W of each folded pair's input
         for unit in units:
-            if isinstance(unit, FusedPair):
-                positions = spatial_size(x)
-                x = folded.apply[index](x)
-                index += 1
+            if folded is not None and isinstance(unit, FusedPair):
+                positions.append(spatial_size(x))
+                x = folded.apply[len(positions) - 1](x)
             else:
-                x, ld = unit(x, context)
+                x, ld = run(unit, x)
                 logdet = logdet + ld
-        # The pairs' log-determinants, added once. The pairs share their width and every
-        # layer keeps the dimension C*H*W, so each pair's input has the same H*W.
-        return x, logdet + (positions * folded.per_position.sum()).to(logdet.dtype)
+        if folded is None:
+            return x, logdet
+        # The pairs' log-determinants, added once: one sum where the pairs see the same H*W
+        # (always in a Glow level, whose layers keep C*H*W and whose pairs share C).
+        if len(set(positions)) == 1:
+            pairs_logdet = positions[0] * folded.per_position.sum()
+        else:
+            per_pair = folded.per_position.unbind(0)
+            pairs_logdet = sum(n * ld for n, ld in zip(positions, per_pair, strict=True))
+        return x, logdet + pairs_logdet.to(logdet.dtype)  # type: ignore[union-attr]
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.run_units(x, lambda unit, h: unit(h, context))
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(z)
