@@ -41,6 +41,44 @@ def _mix(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     raise ValueError(f"1x1 convolution expects (B, C) or (B, C, H, W) input, got {tuple(x.shape)}")
 
 
+# -- the algebra, for one layer's tensors or for K layers' stacked along a first dimension ---
+def _stacked(modules: Sequence[nn.Module], name: str) -> Tensor:
+    """The tensor attribute ``name`` of each of ``modules``, stacked: (K, ...)."""
+    return torch.stack([getattr(module, name) for module in modules])
+
+
+def _fold(
+    matrix: Tensor, logabsdet: Tensor, log_scale: Tensor, loc: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """An ActNorm ``(loc, log_scale)`` folded into the 1x1 convolution ``matrix`` that
+    follows it: ``W' = W diag(exp(s))``, ``b = -W' loc`` and the per-position
+    log-determinant ``sum(s) + log|det W|``."""
+    weight = matrix * log_scale.exp().unsqueeze(-2)  # scales the columns
+    bias = -(weight @ loc.unsqueeze(-1)).squeeze(-1)
+    return weight, bias, log_scale.sum(-1) + logabsdet
+
+
+def _unfold(inverse: Tensor, log_scale: Tensor) -> Tensor:
+    """The weight of the folded pair's inverse ``x = diag(exp(-s)) W^-1 z + loc``."""
+    return (-log_scale).exp().unsqueeze(-1) * inverse  # scales the rows
+
+
+def _lu_factors(
+    lower: Tensor, upper: Tensor, log_s: Tensor, sign: Tensor, lower_mask: Tensor, eye: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``L`` (unit lower triangular) and ``U + diag(sign * exp(log|s|))`` from the factors'
+    free parameters."""
+    return lower * lower_mask + eye, upper * lower_mask.mT + torch.diag_embed(sign * log_s.exp())
+
+
+def _lu_inverse(lower: Tensor, upper: Tensor, perm: Tensor, eye: Tensor) -> Tensor:
+    """``(P L U)^-1 = U^-1 L^-1 P^T``, by two triangular solves rather than a general inverse."""
+    eye = eye.expand_as(lower)
+    lower_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+    upper_inv = torch.linalg.solve_triangular(upper, eye, upper=True)
+    return upper_inv @ lower_inv @ perm.mT
+
+
 class _EvalCache:
     """Caches weights derived from parameters (inverses, LU products, folded ActNorms).
 
@@ -134,12 +172,11 @@ class _Conv1x1(Transform):
         )
 
     def _fold_forward(self, actnorm: ActNorm) -> tuple[Tensor, Tensor, Tensor]:
-        weight = self.weight_matrix() * actnorm.log_scale.exp()  # scales the columns
-        bias = -(weight @ actnorm.loc)
-        return weight, bias, actnorm.log_scale.sum() + self._logabsdet_matrix()
+        matrix, logabsdet = self.weight_matrix(), self._logabsdet_matrix()
+        return _fold(matrix, logabsdet, actnorm.log_scale, actnorm.loc)
 
     def _fold_inverse(self, actnorm: ActNorm) -> tuple[Tensor, Tensor, Tensor]:
-        weight = (-actnorm.log_scale).exp().unsqueeze(1) * self.inverse_weight()  # the rows
+        weight = _unfold(self.inverse_weight(), actnorm.log_scale)
         return weight, actnorm.loc, actnorm.log_scale.sum() + self._logabsdet_matrix()
 
     def _folded(
@@ -173,36 +210,49 @@ class _Conv1x1(Transform):
         """``W`` of each of ``convs`` (K, C, C) and ``log|det W|`` (K,), computed together."""
         raise NotImplementedError
 
+    @classmethod
+    def _batched_inverses(cls, convs: Sequence[_Conv1x1]) -> Tensor:
+        """``W^-1`` of each of ``convs`` (K, C, C), computed together."""
+        raise NotImplementedError
+
+    def _same_kind(self, pairs: Sequence[FusedPair]) -> tuple[list[_Conv1x1], list[ActNorm]] | None:
+        """The pairs' convolutions and ActNorms, if all are ActNorms before 1x1 convolutions
+        of this class and width (what the batched weights need), else None."""
+        convs, norms = [pair.second for pair in pairs], [pair.first for pair in pairs]
+        if all(
+            type(conv) is type(self) and conv.channels == self.channels and conv.fuses_with(norm)
+            for conv, norm in zip(convs, norms, strict=True)
+        ):
+            return convs, norms  # type: ignore[return-value]
+        return None
+
     def fold_pairs(self, pairs: Sequence[FusedPair], x: Tensor) -> FoldedPairs | None:
         """Every (ActNorm, 1x1 convolution) pair of a flow folded with batched operations.
 
         The pairs' weights ``W_k diag(exp(s_k))``, biases and log-determinants come from one
         stack of each parameter and a handful of batched matrix operations, forward and
-        backward, instead of a dozen small operations per pair. Only while the weights are
-        computed anew on every call (training, or gradients for the parameters); in
-        evaluation each pair's folded weights are cached (:meth:`forward_fused`). None
-        where the pairs are not all initialised ActNorms before 1x1 convolutions of this
-        class and width.
+        backward, instead of a dozen small operations per pair (the same algebra as
+        :meth:`forward_fused`'s). Only while the weights are computed anew on every call
+        (training, or gradients for the parameters); in evaluation each pair's folded
+        weights are cached (:meth:`forward_fused`). None where the pairs are not all
+        initialised ActNorms before 1x1 convolutions of this class and width. ``x`` is a
+        tensor of the flow's shape (its input, or its output).
         """
-        convs = [pair.second for pair in pairs]
-        norms = [pair.first for pair in pairs]
-        if not all(
-            type(conv) is type(self) and conv.channels == self.channels and conv._foldable(norm, x)
-            for conv, norm in zip(convs, norms, strict=True)
-        ):
+        kind = self._same_kind(pairs)
+        if kind is None or not all(c._foldable(n, x) for c, n in zip(*kind, strict=True)):
             return None
+        convs, norms = kind
         modules: list[nn.Module] = [*convs, *norms]
-        params = [p for m in modules for p in m.parameters()]
         computed = any(m.training for m in modules) or (
-            torch.is_grad_enabled() and any(p.requires_grad for p in params)
+            torch.is_grad_enabled()
+            and any(p.requires_grad for m in modules for p in m.parameters())
         )
         if not computed:
             return None
         matrices, logabsdet = type(self)._batched_matrices(convs)
-        log_scale = torch.stack([norm.log_scale for norm in norms])  # type: ignore[misc]
-        loc = torch.stack([norm.loc for norm in norms])  # type: ignore[misc]
-        weights = matrices * log_scale.exp().unsqueeze(1)  # scales the columns
-        biases = -(weights @ loc.unsqueeze(2)).squeeze(2)
+        weights, biases, per_position = _fold(
+            matrices, logabsdet, _stacked(norms, "log_scale"), _stacked(norms, "loc")
+        )
         name = type(self).__name__
 
         def apply(weight: Tensor, bias: Tensor) -> Callable[[Tensor], Tensor]:
@@ -215,34 +265,24 @@ class _Conv1x1(Transform):
         weight_list, bias_list = list(weights.unbind(0)), list(biases.unbind(0))
         return FoldedPairs(
             [apply(w, b) for w, b in zip(weight_list, bias_list, strict=True)],
-            log_scale.sum(1) + logabsdet,
+            per_position,
             weight_list,
             bias_list,
         )
-
-    @classmethod
-    def _batched_inverses(cls, convs: Sequence[_Conv1x1]) -> Tensor:
-        """``W^-1`` of each of ``convs`` (K, C, C), computed together."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def unfold_pairs(self, pairs: Sequence[FusedPair]) -> list[Callable[[Tensor], Tensor]] | None:
         """The inverses ``x = diag(exp(-s_k)) W_k^-1 z + loc_k`` of the pairs that
         :meth:`fold_pairs` folds, their weights computed together, without gradients (what
         the memory-saving backward pass rebuilds each pair's input with)."""
-        convs = [pair.second for pair in pairs]
-        norms = [pair.first for pair in pairs]
-        if not all(
-            type(conv) is type(self) and conv.channels == self.channels and conv.fuses_with(norm)
-            for conv, norm in zip(convs, norms, strict=True)
-        ):
+        kind = self._same_kind(pairs)
+        if kind is None:
             return None
-        log_scale = torch.stack([norm.log_scale for norm in norms])  # type: ignore[misc]
-        loc = torch.stack([norm.loc for norm in norms])  # type: ignore[misc]
-        weights = (-log_scale).exp().unsqueeze(2) * type(self)._batched_inverses(convs)  # rows
+        convs, norms = kind
+        weights = _unfold(type(self)._batched_inverses(convs), _stacked(norms, "log_scale"))
         return [
             partial(_mix, weight=w, bias=b)
-            for w, b in zip(weights.unbind(0), loc.unbind(0), strict=True)
+            for w, b in zip(weights.unbind(0), _stacked(norms, "loc").unbind(0), strict=True)
         ]
 
     def extra_repr(self) -> str:
@@ -276,13 +316,12 @@ class InvConv1x1(_Conv1x1):
 
     @classmethod
     def _batched_matrices(cls, convs: Sequence[_Conv1x1]) -> tuple[Tensor, Tensor]:
-        weights = torch.stack([conv.weight for conv in convs])  # type: ignore[misc]
+        weights = _stacked(convs, "weight")
         return weights, torch.linalg.slogdet(weights).logabsdet
 
     @classmethod
     def _batched_inverses(cls, convs: Sequence[_Conv1x1]) -> Tensor:
-        weights = torch.stack([conv.weight for conv in convs])  # type: ignore[misc]
-        return torch.linalg.inv_ex(weights).inverse
+        return torch.linalg.inv_ex(_stacked(convs, "weight")).inverse
 
     def _compute_inverse(self) -> Tensor:
         # inv_ex: linalg.inv would read its error flag back to the host (a synchronisation
@@ -327,41 +366,32 @@ class InvConv1x1LU(_Conv1x1):
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
 
     def _factors(self) -> tuple[Tensor, Tensor]:
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
-        return lower, upper
+        return _lu_factors(
+            self.lower, self.upper, self.log_s, self.sign_s, self.lower_mask, self.eye
+        )
 
     def weight_matrix(self) -> Tensor:
         lower, upper = self._factors()
         return self.perm @ lower @ upper
 
     @classmethod
-    def _batched_factors(cls, convs: Sequence[_Conv1x1]) -> tuple[Tensor, Tensor, Tensor]:
-        """``L`` and ``U`` of each of ``convs`` (K, C, C), as :meth:`_factors` makes them,
-        and ``log|s|`` (K, C)."""
+    def _batched_factors(cls, convs: Sequence[_Conv1x1], log_s: Tensor) -> tuple[Tensor, Tensor]:
+        """``L`` and ``U`` of each of ``convs`` (K, C, C), as :meth:`_factors` makes them."""
         # The masks and the identity depend only on the width, which the convolutions share.
         first: InvConv1x1LU = convs[0]  # type: ignore[assignment]
-        log_s = torch.stack([conv.log_s for conv in convs])  # type: ignore[misc]
-        sign = torch.stack([conv.sign_s for conv in convs])  # type: ignore[misc]
-        lower = torch.stack([conv.lower for conv in convs]) * first.lower_mask + first.eye  # type: ignore[misc]
-        upper = torch.stack([conv.upper for conv in convs]) * first.lower_mask.T  # type: ignore[misc]
-        return lower, upper + torch.diag_embed(sign * log_s.exp()), log_s
+        lower, upper, sign = (_stacked(convs, name) for name in ("lower", "upper", "sign_s"))
+        return _lu_factors(lower, upper, log_s, sign, first.lower_mask, first.eye)
 
     @classmethod
     def _batched_matrices(cls, convs: Sequence[_Conv1x1]) -> tuple[Tensor, Tensor]:
-        lower, upper, log_s = cls._batched_factors(convs)
-        perm = torch.stack([conv.perm for conv in convs])  # type: ignore[misc]
-        return perm @ lower @ upper, log_s.sum(1)
+        log_s = _stacked(convs, "log_s")
+        lower, upper = cls._batched_factors(convs, log_s)
+        return _stacked(convs, "perm") @ lower @ upper, log_s.sum(1)
 
     @classmethod
     def _batched_inverses(cls, convs: Sequence[_Conv1x1]) -> Tensor:
-        first: InvConv1x1LU = convs[0]  # type: ignore[assignment]
-        lower, upper, _ = cls._batched_factors(convs)
-        eye = first.eye.expand_as(lower)
-        lower_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
-        upper_inv = torch.linalg.solve_triangular(upper, eye, upper=True)
-        perm = torch.stack([conv.perm for conv in convs])  # type: ignore[misc]
-        return upper_inv @ lower_inv @ perm.transpose(1, 2)
+        lower, upper = cls._batched_factors(convs, _stacked(convs, "log_s"))
+        return _lu_inverse(lower, upper, _stacked(convs, "perm"), convs[0].eye)  # type: ignore[arg-type]
 
     def weight(self) -> Tensor:
         """``W = P L U``, the matrix the layer applies (cached like :meth:`inverse_weight`)."""
@@ -372,7 +402,4 @@ class InvConv1x1LU(_Conv1x1):
 
     def _compute_inverse(self) -> Tensor:
         lower, upper = self._factors()
-        # W^-1 = U^-1 L^-1 P^T, by two triangular solves rather than a general inverse.
-        lower_inv = torch.linalg.solve_triangular(lower, self.eye, upper=False, unitriangular=True)
-        upper_inv = torch.linalg.solve_triangular(upper, self.eye, upper=True)
-        return upper_inv @ lower_inv @ self.perm.T
+        return _lu_inverse(lower, upper, self.perm, self.eye)
