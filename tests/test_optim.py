@@ -74,6 +74,17 @@ def test_clipping_equals_clip_grad_norm(cls: type[FlatOptimizer]) -> None:
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
+def test_clipping_twice_equals_clip_grad_norm_twice() -> None:
+    ours, theirs, opt, _ = _pair(Adamax)
+    grads = _random_grads(ours, 10.0)
+    _set_grads(ours, grads)
+    _set_grads(theirs, grads)
+    for max_norm in (1.0, 1.0, 0.5):
+        norm = opt.clip_grad_norm_(max_norm)
+        their_norm = nn.utils.clip_grad_norm_(theirs, max_norm)
+        torch.testing.assert_close(norm, their_norm, rtol=1e-9, atol=0)
+
+
 def _snapshot(opt: FlatOptimizer, params: list[nn.Parameter]) -> list[Tensor]:
     state = [t.clone() for p in params for t in opt.state[p].values()]
     return [p.detach().clone() for p in params] + state
@@ -317,6 +328,22 @@ def test_a_tensor_learning_rate_is_read_at_each_step(cls: type[FlatOptimizer]) -
 def test_bad_options_are_refused(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("option", ["amsgrad", "maximize"])
+def test_a_torch_state_with_options_these_lack_is_refused(option: str) -> None:
+    p = nn.Parameter(torch.ones(3))
+    theirs = torch.optim.Adam([p], lr=0.1, **{option: True})
+    p.grad = torch.ones(3)
+    theirs.step()
+    with pytest.raises(ValueError, match=option):
+        Adam([p], lr=0.1).load_state_dict(theirs.state_dict())
+
+
+def test_build_optimizer_keeps_the_class_defaults() -> None:
+    params = [nn.Parameter(torch.ones(1))]
+    assert build_optimizer("adamw", params, lr=0.1).param_groups[0]["weight_decay"] == 1e-2
+    assert build_optimizer("adam", params, lr=0.1).param_groups[0]["weight_decay"] == 0.0
 
 
 def test_a_group_of_mixed_dtypes_is_refused() -> None:

@@ -95,7 +95,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self._flat: dict[int, _FlatGroup] = {}  # by index into param_groups, made lazily
-        self._norm: Tensor | None = None  # the gathered gradients' norm, once taken
+        self._norm: Tensor | None = None  # the gathered gradients' current norm, once taken
 
     # -- the public steps ------------------------------------------------------------------
     @torch.no_grad()
@@ -104,7 +104,9 @@ class FlatOptimizer(torch.optim.Optimizer):
 
         The norm is taken over every group's gradients before clipping, as
         :func:`torch.nn.utils.clip_grad_norm_` does; it is a device tensor (NaN or inf when a
-        gradient is). The next :meth:`step` uses the gathered, clipped gradients.
+        gradient is). The next :meth:`step` uses the gathered, clipped gradients. A second
+        call sees the clipped gradients, as torch's does: it returns their norm and clips
+        them no further than ``max_norm``.
         """
         if max_norm is not None and not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
@@ -115,6 +117,7 @@ class FlatOptimizer(torch.optim.Optimizer):
             coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
             for f in flats:
                 f.grad.mul_(coef.to(f.grad.device, f.grad.dtype))
+            self._norm = norm * coef  # the norm of the gradients as they are now
         return norm
 
     @staticmethod
@@ -257,6 +260,12 @@ class FlatOptimizer(torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for group in state_dict["param_groups"]:
+            options = [k for k in ("amsgrad", "maximize", "differentiable") if group.get(k)]
+            if options:  # a torch.optim state with options these optimizers do not have
+                raise ValueError(
+                    f"the saved optimizer uses {', '.join(options)}, which this one lacks"
+                )
         super().load_state_dict(state_dict)
         loaded = self.state
         self.state = type(loaded)()
@@ -337,9 +346,10 @@ def build_optimizer(
     lr: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
 ) -> FlatOptimizer:
-    """``"adam"``, ``"adamw"`` or ``"adamax"`` as a glowlab optimizer."""
+    """``"adam"``, ``"adamw"`` or ``"adamax"`` as a glowlab optimizer; ``weight_decay=None``
+    is the class's default (AdamW's 1e-2, 0 for the others)."""
     classes: dict[str, type[FlatOptimizer]] = {"adam": Adam, "adamw": AdamW, "adamax": Adamax}
     if name not in classes:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(classes)}")

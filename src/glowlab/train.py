@@ -302,9 +302,7 @@ class Trainer:
         if self._order is None or self._order[0] != epoch:
             g = torch.Generator().manual_seed(_order_seed(self.config.seed, epoch))
             order = torch.randperm(len(self.train_images), generator=g)
-            if self.train_images.device.type == "cuda":  # copied without waiting for the GPU
-                order = order.pin_memory().to(self.train_images.device, non_blocking=True)
-            self._order = (epoch, order)
+            self._order = (epoch, _to_device_unblocked(order, self.train_images.device))
         return self._order[1]
 
     def _next_batch(self) -> tuple[Tensor, Tensor | None]:
@@ -325,11 +323,8 @@ class Trainer:
         return x, self._share(self._to_batch_device(self.train_labels[index]))
 
     def _to_batch_device(self, batch: Tensor) -> Tensor:
-        # A copy to the GPU from pageable memory waits for the GPU to finish its queue; from
-        # pinned memory it does not (a dataset too big for the GPU stays in host memory).
-        if self.device.type == "cuda" and batch.device.type == "cpu":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+        # A dataset too big for the GPU stays in host memory; its batches are copied over.
+        return _to_device_unblocked(batch, self.device)
 
     def _share(self, batch: Tensor) -> Tensor:
         """This process's contiguous part of a global batch (all of it in one process)."""
@@ -1019,6 +1014,14 @@ def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
     # disable=None: no bar when stderr is not a terminal (a log file, CI), where its
     # carriage-return updates would pile up; log.jsonl has every figure anyway.
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
+
+
+def _to_device_unblocked(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; a host tensor reaches a GPU by a pinned, non-blocking copy
+    (from pageable memory the copy would wait for the GPU to finish its queue)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _use_channels_last(setting: bool | None, model: nn.Module, device: torch.device) -> bool:
