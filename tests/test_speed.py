@@ -131,7 +131,7 @@ def test_tf32_block_sets_and_restores_the_flags() -> None:
 
 
 def _tf32_on() -> bool:
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
     if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
         return matmul.fp32_precision == "tf32" and conv.fp32_precision == "tf32"
     return bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)

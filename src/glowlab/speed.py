@@ -208,10 +208,11 @@ def keep_freed_memory() -> bool:
 
 def _tf32_flags() -> tuple[Any, Any] | None:
     """The matmul and convolution precision settings of the newer interface, if it exists."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    matmul = torch.backends.cuda.matmul
+    conv = getattr(torch.backends.cudnn, "conv", None)  # PyTorch 2.9 and later
     if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
         return matmul, conv
-    return None  # PyTorch before 2.9
+    return None
 
 
 def set_tf32(enabled: bool) -> None:
