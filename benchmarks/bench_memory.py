@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="default: 16,32 on CPU; 64,128,256 on CUDA",
     )
-    parser.add_argument("--memory-modes", type=csv_list(str), default=list(MEMORY_MODES))
+    parser.add_argument(
+        "--memory-modes",
+        type=csv_list(str, MEMORY_MODES, "memory mode"),
+        default=list(MEMORY_MODES),
+    )
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (0: no timing)")
@@ -59,9 +63,6 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = args.batch_sizes or ([64, 128, 256] if cuda else [16, 32])
     if (why := check_precision(args.precision, device)) is not None:
         parser.error(why)
-    for mode in args.memory_modes:
-        if mode not in MEMORY_MODES:
-            parser.error(f"unknown memory mode {mode!r}; choose from {', '.join(MEMORY_MODES)}")
 
     model = build_model(args.model, device)
     optimizer = Adamax(model.parameters(), lr=1e-4)  # the Trainer's: its buffers count

@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=5, help="images per step")
     parser.add_argument(
-        "--memory-modes", type=csv_list(str), default=["standard"], help="comma-separated"
+        "--memory-modes",
+        type=csv_list(str, MEMORY_MODES, "memory mode"),
+        default=["standard"],
+        help="comma-separated",
     )
     parser.add_argument(
         "--per-pair",
@@ -96,9 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     args, device = parse(parser, argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    for mode in args.memory_modes:
-        if mode not in MEMORY_MODES:
-            parser.error(f"unknown memory mode {mode!r}; choose from {', '.join(MEMORY_MODES)}")
 
     model = build_model(args.model, device)
     model.train()

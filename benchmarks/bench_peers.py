@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--questions",
-        type=csv_list(str),
+        type=csv_list(str, QUESTIONS, "question"),
         default=["train", "memory", "sample"],
         help=f"any of {', '.join(QUESTIONS)}",
     )
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="glowlab's memory mode for train, sample and learning")  # fmt: skip
     parser.add_argument(
         "--memory-modes",
-        type=csv_list(str),
+        type=csv_list(str, MEMORY_MODES, "memory mode"),
         default=["standard", "invertible"],
         help="glowlab's memory modes in the memory question",
     )
@@ -459,12 +459,6 @@ def main(argv: list[str] | None = None) -> None:
     add_speed_options(parser)
     args, device = parse(parser, argv)
     cuda = device.type == "cuda"
-    for question in args.questions:
-        if question not in QUESTIONS:
-            parser.error(f"unknown question {question!r}; choose from {', '.join(QUESTIONS)}")
-    for mode in args.memory_modes:
-        if mode not in MEMORY_MODES:
-            parser.error(f"unknown memory mode {mode!r}; choose from {', '.join(MEMORY_MODES)}")
     kinds = [kind for kind, _ in args.peer]
     if len(set(kinds)) != len(kinds):
         parser.error("each --peer KIND may be given once")

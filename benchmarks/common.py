@@ -156,11 +156,20 @@ def apply_speed_options(
     return channels_last_input if channels_last else lambda x: x
 
 
-def csv_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    """An argparse type for comma-separated values: ``"16,32"`` -> ``[16, 32]``."""
+def csv_list(
+    kind: Callable[[str], Any], choices: Sequence[Any] | None = None, what: str = "value"
+) -> Callable[[str], list[Any]]:
+    """An argparse type for comma-separated values: ``"16,32"`` -> ``[16, 32]``; with
+    ``choices``, a value outside them is a usage error naming ``what`` it is."""
 
     def parse(text: str) -> list[Any]:
-        return [kind(item) for item in text.split(",") if item]
+        values = [kind(item) for item in text.split(",") if item]
+        for value in values:
+            if choices is not None and value not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {what} {value!r}; choose from {', '.join(map(str, choices))}"
+                )
+        return values
 
     return parse
 

@@ -115,6 +115,16 @@ def test_cuda_graphs_on_a_cpu_is_refused(script: str, capsys: pytest.CaptureFixt
     assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("script", ["bench_train", "bench_memory", "bench_ops", "bench_peers"])
+def test_an_unknown_memory_mode_is_a_usage_error(
+    script: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(script).main(["--device", "cpu", "--memory-modes", "standard,fast"])
+    assert exit_info.value.code == 2
+    assert "unknown memory mode 'fast'; choose from standard, invertible" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_benchmarks_run_on_cuda(tmp_path: Path) -> None:
     def run(script: str, *args: str) -> dict:
