@@ -29,7 +29,7 @@ from glowlab.speed import (
     autocast,
     channels_last_input,
     compile_flow_steps,
-    keep_freed_memory,
+    keep_freed_memory_for,
     tf32,
     to_channels_last,
 )
@@ -207,11 +207,8 @@ def setup(args: argparse.Namespace, default_cpu_model: str = "small") -> torch.d
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    keep = args.keep_freed_memory
     # Recorded as whether the setting took effect (it needs glibc).
-    args.keep_freed_memory = bool(keep or (keep is None and device.type == "cpu")) and (
-        keep_freed_memory()
-    )
+    args.keep_freed_memory = keep_freed_memory_for(device, args.keep_freed_memory)
     if args.model is None:
         args.model = default_cpu_model if device.type == "cpu" else "glow-cifar10"
     return device

@@ -177,3 +177,16 @@ def test_keep_freed_memory_reuses_pages() -> None:
     if default < 200:
         pytest.skip(f"this C library's defaults already reuse the blocks ({default} faults)")
     assert faults("keep") < default / 4
+
+
+@pytest.mark.parametrize(
+    ("device", "setting", "calls"),
+    [("cpu", None, 1), ("cuda", None, 0), ("cpu", False, 0), ("cuda", True, 1)],
+)
+def test_keep_freed_memory_for_a_device(
+    monkeypatch: pytest.MonkeyPatch, device: str, setting: bool | None, calls: int
+) -> None:
+    called: list[None] = []
+    monkeypatch.setattr(glowlab.speed, "keep_freed_memory", lambda: called.append(None) or True)
+    took = glowlab.speed.keep_freed_memory_for(torch.device(device), setting)
+    assert len(called) == calls and took == bool(calls)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import glowlab
+import glowlab.speed
 import glowlab.train
 from glowlab.config import TrainConfig, apply_overrides, get_preset
 from glowlab.data import get_dataset
@@ -118,7 +119,7 @@ def test_keep_freed_memory_is_the_cpu_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, calls: int
 ) -> None:
     called: list[None] = []
-    monkeypatch.setattr(glowlab.train, "keep_freed_memory", lambda: called.append(None))
+    monkeypatch.setattr(glowlab.speed, "keep_freed_memory", lambda: called.append(None))
     overrides = [] if setting is None else [f"train.keep_freed_memory={setting}"]
     Trainer(_config(*overrides), tmp_path)
     assert len(called) == calls

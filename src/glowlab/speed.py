@@ -45,6 +45,7 @@ __all__ = [
     "channels_last_input",
     "compile_flow_steps",
     "keep_freed_memory",
+    "keep_freed_memory_for",
     "set_tf32",
     "tf32",
     "to_channels_last",
@@ -204,6 +205,17 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+
+
+def keep_freed_memory_for(device: torch.device, setting: bool | None = None) -> bool:
+    """:func:`keep_freed_memory` where ``setting`` asks for it; ``None`` (the default of
+    ``train.keep_freed_memory`` and the benchmarks) means where it pays: on a CPU device.
+
+    Returns whether the settings took effect.
+    """
+    if setting or (setting is None and torch.device(device).type == "cpu"):
+        return keep_freed_memory()
+    return False
 
 
 def _tf32_flags() -> tuple[Any, Any] | None:

@@ -100,7 +100,7 @@ from .speed import (
     autocast,
     channels_last_input,
     compile_flow_steps,
-    keep_freed_memory,
+    keep_freed_memory_for,
     set_tf32,
     to_channels_last,
 )
@@ -230,9 +230,7 @@ class Trainer:
         self.channels_last = _use_channels_last(config.train.channels_last, self.model, self.device)
         if self.channels_last:
             to_channels_last(self.model)
-        keep = config.train.keep_freed_memory
-        if keep or (keep is None and self.device.type == "cpu"):
-            keep_freed_memory()
+        keep_freed_memory_for(self.device, config.train.keep_freed_memory)
         # The buffers that a training-mode forward pass updates (batch normalization's
         # running statistics): saved before each step and put back when it is rejected.
         # Only these, not every buffer: copying Glow's many constant ones each step would
