@@ -46,6 +46,7 @@ from common import (
     base_parser,
     build_model,
     check_precision,
+    guarded_step,
     parse,
     precision_context,
     report,
@@ -199,14 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
         return loss
 
-    def train_step(x: Tensor, valid: Tensor) -> Tensor:
-        """One step; the loss, or NaN when the update was rejected."""
-        optimizer.zero_grad(set_to_none=True)
-        loss = backward(x)
-        optimizer.clip_grad_norm_()
-        applied = optimizer.step(valid=valid & torch.isfinite(loss.detach()))
-        return torch.where(applied, loss.detach(), math.nan)
-
+    train_step = guarded_step(optimizer, backward)  # the loss, or NaN for a rejected update
     if args.compile:  # compile before the clock starts; no optimizer step, so no weight moves
         backward(batch_of(batch))
         optimizer.zero_grad(set_to_none=True)

@@ -37,6 +37,7 @@ from common import (
     build_model,
     check_precision,
     csv_list,
+    guarded_step,
     matmul_tflops,
     median_seconds,
     parse,
@@ -62,21 +63,23 @@ def bits_per_dim_loss(model: FlowModel, x: Tensor) -> Tensor:
 
 def training_step(
     model: FlowModel, optimizer: torch.optim.Optimizer, x: Tensor, precision: str
-) -> Callable[[], None]:
-    guarded = isinstance(optimizer, FlatOptimizer)
-
-    def step() -> None:
+) -> Callable[[], Tensor | None]:
+    def backward(x: Tensor) -> Tensor:
         # The backward pass too: it runs convolutions (TF32 or not), and the memory-saving
         # modes run the coupling networks again there (in bfloat16 for bf16).
         with precision_context(precision, model):
             loss = bits_per_dim_loss(model, x)
             loss.backward()
-        if guarded:  # as the Trainer steps: gradient norm, then a device-side decision
-            optimizer.clip_grad_norm_()
-            optimizer.step(valid=torch.isfinite(loss.detach()))
-        else:
-            optimizer.step()
+        return loss
+
+    if isinstance(optimizer, FlatOptimizer):  # the Trainer's step
+        guarded = guarded_step(optimizer, backward)
+        return lambda: guarded(x)
+
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
+        backward(x)
+        optimizer.step()
 
     return step
 

@@ -11,6 +11,7 @@ import contextlib
 import datetime as _dt
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -25,6 +26,7 @@ from torch import Tensor
 
 import glowlab
 from glowlab.models.base import FlowModel
+from glowlab.optim import FlatOptimizer
 from glowlab.speed import (
     autocast,
     channels_last_input,
@@ -237,6 +239,30 @@ def random_images(
     """Dequantized random 8-bit images ``(batch, *shape)`` in [-0.5, 0.5), float32."""
     pixels = random_pixels(shape, batch, torch.device("cpu"), generator)
     return glowlab.dequantize(pixels, dtype=torch.float32, generator=generator).to(device)
+
+
+def guarded_step(
+    optimizer: FlatOptimizer, backward: Callable[[Tensor], Tensor]
+) -> Callable[..., Tensor]:
+    """A training step as the Trainer takes it, for ``backward(x)``, which returns the loss
+    after its backward pass: the gradients' norm clipped, then the update applied only if
+    the loss and the gradients are finite (and ``valid``, a boolean tensor, when given),
+    decided on the device without a host synchronisation.
+
+    The step is ``step(x, valid=None)`` and returns the loss, or NaN where the update was
+    rejected. It sets the gradients to ``None`` first, so a CUDA graph of it allocates them
+    in its own pool.
+    """
+
+    def step(x: Tensor, valid: Tensor | None = None) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = backward(x).detach()
+        optimizer.clip_grad_norm_()
+        finite = torch.isfinite(loss)
+        applied = optimizer.step(valid=finite if valid is None else valid & finite)
+        return torch.where(applied, loss, math.nan)
+
+    return step
 
 
 def release(device: torch.device) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import MODEL_CONFIGS, build_model, precision_context
+from common import MODEL_CONFIGS, build_model, guarded_step, precision_context
 from torch import Tensor, nn
 
 import glowlab
@@ -195,15 +195,8 @@ class GlowlabContender(Contender):
         return base * min(1.0, (step + 1) / max(self.warmup_steps, 1))
 
     def training_step(self, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], Tensor]:
-        def step(pixels: Tensor, valid: Tensor | None = None) -> Tensor:  # as the Trainer steps
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.backward(pixels)
-            optimizer.clip_grad_norm_()  # type: ignore[attr-defined]
-            finite = torch.isfinite(loss.detach())
-            applied = optimizer.step(valid=finite if valid is None else valid & finite)  # type: ignore[call-arg]
-            # NaN for a rejected step (a non-finite gradient too), as bench_learning.py counts.
-            return torch.where(applied, loss.detach(), math.nan)
-
+        # As the Trainer steps; NaN for a rejected update, as bench_learning.py counts.
+        step = guarded_step(optimizer, self.backward)  # type: ignore[arg-type]
         return _GraphedSteps(step, self.device) if self.cuda_graphs else step
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -113,6 +114,30 @@ def test_cuda_graphs_on_a_cpu_is_refused(script: str, capsys: pytest.CaptureFixt
         importlib.import_module(script).main(["--device", "cpu", "--cuda-graphs"])
     assert exit_info.value.code == 2
     assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+
+
+def test_guarded_step_returns_nan_for_a_rejected_update() -> None:
+    from common import guarded_step
+
+    from glowlab.optim import Adamax
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = Adamax([weight], lr=0.1)
+    scale = torch.ones(())
+
+    def backward(x: torch.Tensor) -> torch.Tensor:
+        loss = (weight * x).sum() * scale
+        loss.backward()
+        return loss
+
+    step = guarded_step(optimizer, backward)
+    x = torch.ones(3)
+    assert step(x, torch.tensor(False)).isnan() and torch.equal(weight, torch.ones(3))
+    scale.fill_(math.inf)
+    assert step(x).isnan() and torch.equal(weight, torch.ones(3))  # a non-finite loss
+    scale.fill_(1.0)
+    assert step(x, torch.tensor(True)).item() == 3.0  # the loss before the update
+    assert (weight < 1).all()
 
 
 @pytest.mark.parametrize("script", ["bench_train", "bench_memory", "bench_ops", "bench_peers"])
