@@ -32,7 +32,9 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +117,57 @@ def load_split(data_dir: Path, dataset: str, split: str) -> Tensor:
         raise SystemExit(f"dataset files not found: {', '.join(missing)}; pass --data-dir")
     arrays = [np.load(p)["images"] for p in paths]
     return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class Trained:
+    """What :func:`train_for` did: ``steps`` steps in ``seconds`` of training, and each
+    step's loss in order (NaN where the update was rejected)."""
+
+    steps: int
+    seconds: float
+    losses: list[float]
+
+
+def train_for(
+    seconds: float,
+    step: Callable[[int], Tensor],
+    sync_every: int,
+    device: torch.device,
+    on_read_back: Callable[[int, float, list[float]], None] | None = None,
+) -> Trained:
+    """The protocol's clock: ``step(i)`` takes training step ``i`` (from 0) and returns its
+    loss without reading it back; the losses are read back every ``sync_every`` steps (the
+    steps are then done), and the clock stops at the first read-back after ``seconds``.
+
+    ``on_read_back(steps, seconds, losses)`` sees each read-back's losses, on the clock.
+    """
+    pending: list[Tensor] = []
+    losses: list[float] = []
+    steps, trained = 0, 0.0
+    synchronize(device)
+    start = time.perf_counter()
+    while trained < seconds:
+        pending.append(step(steps))
+        steps += 1
+        if steps % sync_every:
+            continue
+        values = torch.stack(pending).tolist()  # a host synchronisation
+        trained = time.perf_counter() - start
+        pending.clear()
+        losses += values
+        if on_read_back is not None:
+            on_read_back(steps, trained, values)
+    return Trained(steps, trained, losses)
+
+
+def set_learning_rate(group: dict[str, Any], rate: float) -> None:
+    """Set a parameter group's learning rate. A tensor rate is filled in place: a recorded
+    step (``--cuda-graphs``) reads it on the device."""
+    if isinstance(group["lr"], Tensor):
+        group["lr"].fill_(rate)
+    else:
+        group["lr"] = rate
 
 
 @torch.no_grad()
@@ -209,34 +262,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.cuda_graphs:  # recorded before the clock starts; the warmup calls reject
         step = GraphedCall(train_step, batch_of(batch), torch.zeros_like(yes))
 
-    losses: list[float] = []
-    pending: list[Tensor] = []
-    steps, rejected, trained = 0, 0, 0.0
-    synchronize(device)
-    start = time.perf_counter()
-    while True:
-        rate = args.lr * min(1.0, (steps + 1) / max(warmup_steps, 1))
-        if isinstance(lr, Tensor):
-            lr.fill_(rate)
-        else:
-            for group in optimizer.param_groups:
-                group["lr"] = rate
+    def numbered_step(i: int) -> Tensor:
+        for group in optimizer.param_groups:
+            set_learning_rate(group, args.lr * min(1.0, (i + 1) / max(warmup_steps, 1)))
         loss = step(batch_of(batch), yes)
-        pending.append(loss.clone() if args.cuda_graphs else loss)  # a graph's output is reused
-        steps += 1
-        if steps % args.sync_every:
-            continue
-        values = torch.stack(pending).tolist()  # a host synchronisation: the steps are done
-        trained = time.perf_counter() - start
-        pending.clear()
+        return loss.clone() if args.cuda_graphs else loss  # a graph's output is reused
+
+    rejected = 0
+
+    def read_back(steps: int, trained: float, values: list[float]) -> None:
+        nonlocal rejected
         rejected += sum(not math.isfinite(v) for v in values)
         if rejected > steps // 2:
             raise SystemExit(f"{rejected} of the first {steps} steps were non-finite")
-        losses += [v for v in values if math.isfinite(v)]
         if steps % 50 < args.sync_every:
             print(f"  step {steps:6d}  {trained:7.1f} s  train bits/dim {values[-1]:.3f}")
-        if trained >= seconds:
-            break
+
+    run = train_for(seconds, numbered_step, args.sync_every, device, read_back)
+    steps, trained = run.steps, run.seconds
+    losses = [v for v in run.losses if math.isfinite(v)]
 
     eval_start = time.perf_counter()
     test_bpd = test_bits_per_dim(

@@ -50,13 +50,18 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_learning import add_data_options, check_data_options, load_data
+from bench_learning import (
+    add_data_options,
+    check_data_options,
+    load_data,
+    set_learning_rate,
+    train_for,
+)
 from common import (
     MEMORY_MODES,
     MIB,
@@ -344,24 +349,16 @@ def learn(contender: Contender, field: Field, train: Tensor, test: Tensor) -> di
     step = contender.training_step(optimizer)
     if hasattr(step, "warm"):  # --cuda-graphs: record the step before the clock starts
         step.warm(batch_of(args.learning_batch))
-    pending: list[Tensor] = []
-    losses: list[float] = []
-    steps, trained = 0, 0.0
-    synchronize(device)
-    start = time.perf_counter()
-    while trained < args.seconds:
+
+    def numbered_step(i: int) -> Tensor:
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            rate = contender.learning_rate(base, steps, args.learning_batch, train.shape[0])
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(rate)  # read on the device by a recorded step
-            else:
-                group["lr"] = rate
-        pending.append(step(batch_of(args.learning_batch)))
-        steps += 1
-        if steps % args.sync_every == 0:
-            losses += torch.stack(pending).tolist()  # the steps are done: read them back
-            pending.clear()
-            trained = time.perf_counter() - start
+            set_learning_rate(
+                group, contender.learning_rate(base, i, args.learning_batch, train.shape[0])
+            )
+        return step(batch_of(args.learning_batch))
+
+    run = train_for(args.seconds, numbered_step, args.sync_every, device)
+    steps, trained, losses = run.steps, run.seconds, run.losses
     finite = [v for v in losses if math.isfinite(v)]
     contender.model.eval()
     with torch.no_grad():
