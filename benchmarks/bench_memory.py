@@ -31,6 +31,7 @@ from common import (
     csv_list,
     median_seconds,
     parse,
+    peak_step_memory_gib,
     precision_context,
     random_images,
     report,
@@ -84,12 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                 "memory_mode": mode,
             }
             if cuda:
-                step()  # the Adamax state exists from here on
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                step()
-                torch.cuda.synchronize(device)
-                row["peak_allocated_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+                row["peak_allocated_GiB"] = peak_step_memory_gib(step, device)
             else:
                 with precision_context(args.precision, model):
                     saved = saved_activation_bytes(

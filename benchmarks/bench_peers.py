@@ -75,11 +75,11 @@ from common import (
     environment,
     median_seconds,
     parse,
+    peak_step_memory_gib,
     print_table,
     random_pixels,
     release,
     speed_settings,
-    synchronize,
     write_json,
 )
 from peers import PEER_KINDS, Contender, GlowlabContender, Unsupported
@@ -289,12 +289,7 @@ def train_memory(
     # live in the graph's memory pool, which max_memory_allocated does not see then. The
     # eager step it records shows them.
     step = getattr(step, "step", step)
-    step(pixels)  # the optimizer state exists from here on
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step(pixels)
-    synchronize(device)
-    return {"peak_allocated_GiB": torch.cuda.max_memory_allocated(device) / 2**30}
+    return {"peak_allocated_GiB": peak_step_memory_gib(lambda: step(pixels), device)}
 
 
 def question_sample(field: Field) -> list[dict[str, Any]]:

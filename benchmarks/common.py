@@ -265,6 +265,17 @@ def guarded_step(
     return step
 
 
+def peak_step_memory_gib(step: Callable[[], Any], device: torch.device) -> float:
+    """Peak CUDA memory allocated during one call of ``step``, in GiB, after a first call
+    (which creates the optimizer's state)."""
+    step()
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
 def release(device: torch.device) -> None:
     """Free what the last measurement left behind (a CUDA graph keeps its memory pool)."""
     gc.collect()

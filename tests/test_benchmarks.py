@@ -140,6 +140,17 @@ def test_guarded_step_returns_nan_for_a_rejected_update() -> None:
     assert (weight < 1).all()
 
 
+def test_peak_step_memory_is_that_of_a_second_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import common
+
+    calls: list[str] = []
+    monkeypatch.setattr(common, "synchronize", lambda device: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**29)
+    peak = common.peak_step_memory_gib(lambda: calls.append("step"), torch.device("cuda"))
+    assert peak == 1.5 and calls == ["step", "sync", "reset", "step", "sync"]
+
+
 @pytest.mark.parametrize("script", ["bench_train", "bench_memory", "bench_ops", "bench_peers"])
 def test_an_unknown_memory_mode_is_a_usage_error(
     script: str, capsys: pytest.CaptureFixture[str]
