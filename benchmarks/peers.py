@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import MODEL_CONFIGS, build_model, guarded_step, precision_context
+from common import build_model, guarded_step, precision_context
 from torch import Tensor, nn
 
 import glowlab
@@ -140,7 +140,7 @@ class GlowlabContender(Contender):
         cuda_graphs: bool = False,
     ) -> None:
         super().__init__(config, device, f"glowlab {glowlab.__version__}")
-        self.model = build_model(config_name, device, **_overrides(config, config_name))
+        self.model = build_model(config_name, device, **config)  # config: every field
         self.model.set_memory_mode(memory_mode)
         self.precision = precision
         self._layout_setup: Callable[[nn.Module], Callable[[Tensor], Tensor]] | None = layout
@@ -303,11 +303,6 @@ PEER_KINDS: dict[str, type[Contender]] = {
     "rosinality": RosinalityContender,
     "y0ast": Y0astContender,
 }
-
-
-def _overrides(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The fields of ``config`` that differ from the named config's."""
-    return {k: v for k, v in config.items() if MODEL_CONFIGS[name].get(k) != v}
 
 
 @contextlib.contextmanager
