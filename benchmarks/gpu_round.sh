@@ -13,6 +13,7 @@
 # (benchmarks/bench_peers.py) from checkouts in $PEERS (default: .peers/ in the repository:
 # rosinality/ and y0ast/); rosinality's model needs scipy. Their learning phases train the
 # two peers only (about 7 minutes); glowlab's figure is learning-*'s.
+# Afterwards, python3 benchmarks/targets.py OUT_DIR prints the targets' table from OUT_DIR.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

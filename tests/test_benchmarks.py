@@ -151,6 +151,54 @@ def test_peak_step_memory_is_that_of_a_second_step(monkeypatch: pytest.MonkeyPat
     assert peak == 1.5 and calls == ["step", "sync", "reset", "step", "sync"]
 
 
+def _benchmark_file(path: Path, rows: list[dict], **settings: object) -> None:
+    environment = {"hardware": "a GPU", "date": "2026-11-26"}
+    path.write_text(json.dumps({"environment": environment, **settings, "results": rows}))
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_ms", "chosen", "met"),
+    [(150.0, "3.5 GiB (bf16, invertible, channels-last; 1.30x", "yes"),
+     (120.0, "2.5 GiB (bf16, checkpoint, channels-last; 1.20x", "yes"),
+     (None, "3.5 GiB (bf16, invertible", "yes")],
+)  # fmt: skip
+def test_targets_memory_row_keeps_to_the_step_time_limit(
+    tmp_path: Path, checkpoint_ms: float | None, chosen: str, met: str
+) -> None:
+    import targets
+
+    train = {"precision": "bf16", "memory_mode": "standard", "gflop_per_step": 1.0}
+    _benchmark_file(tmp_path / "train.json", [
+        {**train, "batch": 256, "step_ms": 100.0, "images_per_s": 2560.0},
+        {**train, "batch": 64, "step_ms": 20.0, "images_per_s": 3200.0},
+    ], cuda_graphs=True)  # fmt: skip
+    memory = [{"batch": 256, "precision": "bf16", "memory_mode": "invertible",
+               "peak_allocated_GiB": 3.5, "step_ms": 130.0}]  # fmt: skip
+    if checkpoint_ms is not None:
+        memory.append({**memory[0], "memory_mode": "checkpoint", "peak_allocated_GiB": 2.5,
+                       "step_ms": checkpoint_ms})  # fmt: skip
+    _benchmark_file(tmp_path / "memory.json", memory, channels_last=True)
+    rows = {row[""]: row for row in targets.table(targets.read_folder(tmp_path))}
+    row = rows["peak memory, batch 256, memory-saving mode"]
+    assert row["glowlab"].startswith(chosen) and row["met"] == met
+    assert row["rosinality"] == "not measured"
+    assert rows["training images/s, batch 64"]["glowlab"].startswith("3,200 images/s (bf16, CUDA")
+    assert rows["training images/s, batch 64"]["met"] == "yes"
+    assert rows["training images/s, best batch size"]["met"] == "no"  # 3,200 < 8,000
+
+
+def test_targets_memory_over_the_step_time_limit_is_not_met(tmp_path: Path) -> None:
+    import targets
+
+    train = {"precision": "tf32", "memory_mode": "standard", "gflop_per_step": 1.0}
+    _benchmark_file(tmp_path / "a.json", [{**train, "batch": 256, "step_ms": 100.0,
+                                           "images_per_s": 2560.0}])  # fmt: skip
+    _benchmark_file(tmp_path / "b.json", [{"batch": 256, "precision": "bf16",
+        "memory_mode": "checkpoint", "peak_allocated_GiB": 2.0, "step_ms": 150.0}])  # fmt: skip
+    row = targets.table(targets.read_folder(tmp_path))[2]
+    assert "1.50x the fastest step" in row["glowlab"] and row["met"] == "no"
+
+
 @pytest.mark.parametrize("script", ["bench_train", "bench_memory", "bench_ops", "bench_peers"])
 def test_an_unknown_memory_mode_is_a_usage_error(
     script: str, capsys: pytest.CaptureFixture[str]
