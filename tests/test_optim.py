@@ -266,15 +266,41 @@ def test_a_guarded_step_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> N
     assert bool(applied)
 
 
-def test_a_parameter_added_to_a_group_is_stepped() -> None:
+def test_a_parameter_added_to_a_group_before_its_first_step_is_stepped() -> None:
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    opt = Adam([a], lr=0.1)
+    a.grad = torch.ones(2)
+    opt.clip_grad_norm_()  # the buffers exist, no step yet
+    opt.param_groups[0]["params"].append(b)  # the buffers are rebuilt for the new list
+    a.grad, b.grad = torch.ones(2), torch.ones(3)
+    opt.step()
+    assert (a < 1).all() and (b < 1).all() and float(opt.state[b]["step"]) == 1
+
+
+def test_a_parameter_added_to_a_group_that_stepped_is_refused() -> None:
     a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
     opt = Adam([a], lr=0.1)
     a.grad = torch.ones(2)
     opt.step()
-    opt.param_groups[0]["params"].append(b)  # the buffers are rebuilt for the new list
+    opt.param_groups[0]["params"].append(b)
     a.grad, b.grad = torch.ones(2), torch.ones(3)
-    opt.step()
-    assert (b < 1).all() and float(opt.state[b]["step"]) == 1
+    with pytest.raises(ValueError, match="added to parameter group 0 after it stepped"):
+        opt.step()
+
+
+def test_a_parameter_removed_from_a_group_leaves_the_others_state() -> None:
+    ours = [nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))]
+    theirs = [nn.Parameter(torch.ones(2))]
+    opt, ref = Adam(ours, lr=0.1), torch.optim.Adam(theirs, lr=0.1)
+    for step in range(3):
+        if step == 2:
+            opt.param_groups[0]["params"].pop()
+        ours[0].grad, ours[1].grad = torch.full((2,), step + 1.0), torch.ones(3)
+        theirs[0].grad = torch.full((2,), step + 1.0)
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(ours[0], theirs[0])
+    assert float(opt.state[ours[0]]["step"]) == 3 and ours[1] not in opt.state
 
 
 def test_zero_grad_drops_gathered_gradients() -> None:

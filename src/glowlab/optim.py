@@ -64,6 +64,10 @@ class FlatOptimizer(torch.optim.Optimizer):
     then reads it on the device, so a step recorded in a CUDA graph
     (:class:`glowlab.speed.GraphedCall`) follows a schedule that changes the tensor in
     place between replays (``lr.fill_(value)``).
+
+    A group's parameters share one step count. Parameters taken out of a group leave the
+    others' state as it is; parameters added to a group that has stepped are refused (give
+    them a group of their own with ``add_param_group``).
     """
 
     _second = "exp_avg_sq"
@@ -174,10 +178,35 @@ class FlatOptimizer(torch.optim.Optimizer):
         # The group's list object, as torch.optim keeps it (load_state_dict included): an
         # identity check, not a walk over the parameters on every step.
         if flat is None or flat.source is not group["params"] or flat.size != len(flat.source):
-            flat = _FlatGroup(group["params"], (self._second,))
+            old, flat = flat, _FlatGroup(group["params"], (self._second,))
+            if old is not None:
+                self._carry_over(old, flat, index)
             self._flat[index] = flat
             self._link_state(flat)
         return flat
+
+    def _carry_over(self, old: _FlatGroup, new: _FlatGroup, index: int) -> None:
+        """Keep the state of the parameters a changed group still holds.
+
+        A group's parameters share one step count, so a group that has stepped cannot take
+        new ones: they would start with its step count instead of their own (what
+        ``load_state_dict`` also refuses).
+        """
+        kept = {id(p): views for p, views in zip(old.params, old.state_views(), strict=True)}
+        if any(id(p) not in kept for p in new.params) and bool(old.step > 0):  # a host read,
+            raise ValueError(  # once per change of the group
+                f"parameters were added to parameter group {index} after it stepped; this "
+                "optimizer steps a group's parameters together: give new parameters a group "
+                "of their own (add_param_group)"
+            )
+        new.step.copy_(old.step)
+        for p, views in zip(new.params, new.state_views(), strict=True):
+            for name, view in views.items():
+                if id(p) in kept:
+                    view.copy_(kept[id(p)][name])
+        for p in old.params:
+            if all(p is not q for q in new.params):
+                self.state.pop(p, None)
 
     def _link_state(self, flat: _FlatGroup) -> None:
         """Point ``self.state`` at the flat buffers (what ``state_dict`` saves)."""
