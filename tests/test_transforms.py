@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from glowlab.models import Glow
 from glowlab.multiscale import Split
 from glowlab.nets import MLP, GlowNet, ResNet
 from glowlab.priors import ConditionalPrior, LearnedPrior
@@ -318,6 +319,23 @@ def test_inverse_weight_cache_is_never_stale_across_modes(
             p.data.mul_(1.1)
         layer.clear_inverse_cache()
         torch.testing.assert_close(layer.inverse(layer(x)[0])[0], x, rtol=0, atol=1e-10)
+
+
+def test_a_cache_filled_under_inference_mode_does_not_reach_autograd() -> None:
+    """An evaluation under ``torch.inference_mode`` fills the caches; a later frozen-model
+    pass with a gradient for the input (restoration, latent search) computes its own."""
+    model = Glow((1, 4, 4), levels=1, steps=2, hidden_channels=4)
+    with torch.no_grad():
+        model.log_prob(torch.rand(8, 1, 4, 4) - 0.5)  # ActNorm's init
+    model.eval().requires_grad_(False)
+    x = torch.rand(2, 1, 4, 4) - 0.5
+    with torch.inference_mode():
+        expected = model.log_prob(x)
+    x.requires_grad_(True)
+    log_prob = model.log_prob(x)
+    log_prob.sum().backward()
+    torch.testing.assert_close(log_prob.detach(), expected, rtol=0, atol=1e-12)
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 # -- ActNorm folded into the 1x1 convolution --------------------------------------------------

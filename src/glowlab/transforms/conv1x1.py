@@ -91,7 +91,9 @@ class _EvalCache:
     """
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[tuple, Any]] = {}
+        # By name and by whether inference mode was on: tensors made under
+        # ``torch.inference_mode`` cannot take part in a later computation autograd records.
+        self.entries: dict[tuple[str, bool], tuple[tuple, Any]] = {}
 
     def clear(self) -> None:
         self.entries.clear()
@@ -102,9 +104,10 @@ class _EvalCache:
         if training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return compute()
         key = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        entry = self.entries.get(name)
+        slot = (name, torch.is_inference_mode_enabled())
+        entry = self.entries.get(slot)
         if entry is None or entry[0] != key:
-            entry = self.entries[name] = (key, compute())
+            entry = self.entries[slot] = (key, compute())
         return entry[1]
 
 
