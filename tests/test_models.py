@@ -237,6 +237,21 @@ def test_dequantize_range_and_bins() -> None:
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dequantize_stays_in_its_bin_when_the_noise_rounds_up(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u just below 1: in float32, k + u rounds to k + 1 (the next bin's edge, or 0.5)."""
+    below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: below_one.expand(shape).clone())
+    images = torch.tensor([[[[0, 1, 100, 254, 255]]]], dtype=torch.uint8)
+    x = dequantize(images, dtype=dtype)
+    k = images.to(dtype)
+    assert (x >= k / 256 - 0.5).all() and (x < (k + 1) / 256 - 0.5).all() and x.max() < 0.5
+    if dtype == torch.float32:  # quantize adds 0.5 in float64, exactly for a float32 x
+        assert torch.equal(glowlab.quantize(x), images)
+
+
 # -- validation -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("factory", "match"),

@@ -32,12 +32,14 @@ def dequantize(
         raise TypeError(f"dequantize expects uint8 images, got {images.dtype}")
     dtype = dtype or torch.get_default_dtype()
     bins = 2**n_bits
-    x = torch.div(images, 2 ** (8 - n_bits), rounding_mode="floor").to(dtype)
-    if noise:
-        x = x + torch.rand(x.shape, dtype=dtype, device=x.device, generator=generator)
-    else:
-        x = x + 0.5
-    return x / bins - 0.5
+    k = torch.div(images, 2 ** (8 - n_bits), rounding_mode="floor").to(dtype)
+    if not noise:
+        return (k + 0.5) / bins - 0.5
+    x = (k + torch.rand(k.shape, dtype=dtype, device=k.device, generator=generator)) / bins - 0.5
+    # k + u rounds to k + 1 for u within half a unit of the last place of 1 (about one
+    # value in 10^5 in float32): keep it below the next bin's edge, which is exact.
+    edge = (k + 1) / bins - 0.5
+    return torch.minimum(x, torch.nextafter(edge, torch.full_like(edge, -math.inf)))
 
 
 def quantize(x: Tensor, n_bits: int = 8) -> Tensor:
@@ -48,7 +50,8 @@ def quantize(x: Tensor, n_bits: int = 8) -> Tensor:
     """
     _check_bits(n_bits)
     bins = 2**n_bits
-    levels = torch.floor((x.detach().float() + 0.5) * bins).clamp(0, bins - 1)
+    # In float64, where x + 0.5 is exact for a float32 x just below a bin's upper edge.
+    levels = torch.floor((x.detach().double() + 0.5) * bins).clamp(0, bins - 1)
     return (levels * 2 ** (8 - n_bits)).to(torch.uint8)
 
 
