@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import subprocess
@@ -54,6 +55,39 @@ def test_compiled_steps_match_eager() -> None:
     assert all(p.grad is not None for p in model.parameters())
     torch.manual_seed(3)
     assert torch.allclose(model.eval().sample(2, 0.7), expected_samples, rtol=1e-5, atol=1e-7)
+
+
+def _halve_weights(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+
+
+def test_a_deep_copy_of_a_compiled_model_runs_its_own_layers() -> None:
+    model = _trained_like_glow().eval()
+    compile_flow_steps(model, backend="eager")
+    twin = copy.deepcopy(model)  # an EMA copy, say
+    _halve_weights(twin)
+    plain = glowlab.Glow((3, 8, 8), levels=2, steps=2, hidden_channels=8).eval()
+    plain.load_state_dict(twin.state_dict())
+    x = torch.rand(3, 3, 8, 8) - 0.5
+    eps = [torch.randn(2, *shape) for shape in twin.latent_shapes]
+    with torch.no_grad():
+        torch.testing.assert_close(twin.log_prob(x), plain.log_prob(x))
+        torch.testing.assert_close(twin.decode(eps), plain.decode(eps))
+        assert not torch.allclose(model.log_prob(x), plain.log_prob(x))
+
+
+def test_a_deep_copy_made_under_autocast_is_not_patched() -> None:
+    model = _trained_like_glow()
+    x = torch.rand(3, 3, 8, 8) - 0.5
+    with autocast(model, torch.bfloat16):
+        twin = copy.deepcopy(model)
+    _halve_weights(twin)
+    plain = glowlab.Glow((3, 8, 8), levels=2, steps=2, hidden_channels=8)
+    plain.load_state_dict(twin.state_dict())
+    with torch.no_grad():  # float64 (the tests' default) all through: no bfloat16 net
+        torch.testing.assert_close(twin.log_prob(x), plain.log_prob(x), rtol=0, atol=0)
 
 
 @pytest.mark.skipif(

@@ -26,6 +26,7 @@ None of these change ``state_dict``: a model trained with them saves and loads a
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import sys
 from collections.abc import Callable, Iterator
@@ -59,7 +60,8 @@ def compile_flow_steps(model: FlowModel, inverse: bool = True, **options: Any) -
     ``backend="aot_eager"``). The pre-processing layers, the splits and the priors stay
     eager: they run once per level and cost little. Layers of one class share compiled
     code, so compile time grows with the number of layer classes and shapes, not with the
-    depth. Returns ``model``; ``state_dict`` keys are unchanged.
+    depth. Returns ``model``; ``state_dict`` keys are unchanged. A deep copy of the model
+    (an EMA copy, say) has its own layers compiled, at their first call.
 
     Example:
         >>> import glowlab
@@ -68,16 +70,35 @@ def compile_flow_steps(model: FlowModel, inverse: bool = True, **options: Any) -
     """
     for level in model.levels:
         for layer in level.flow:
-            layer.compile(**options)
             # Instance attributes: they shadow the methods and are not part of state_dict.
+            # ``_compiled_call_impl`` is what ``nn.Module.compile`` sets.
+            layer._compiled_call_impl = _CompiledMethod(layer, "_call_impl", options)
             if inverse:
-                layer.inverse = torch.compile(layer.inverse, **options)  # type: ignore[method-assign]
+                layer.inverse = _CompiledMethod(layer, "inverse", options)  # type: ignore[method-assign]
             if type(layer).forward_fused is not Transform.forward_fused:
                 # A layer that folds its predecessor (the 1x1 convolution folds an ActNorm).
-                layer.forward_fused = torch.compile(layer.forward_fused, **options)  # type: ignore[method-assign]
+                layer.forward_fused = _CompiledMethod(layer, "forward_fused", options)  # type: ignore[method-assign]
                 if inverse:
-                    layer.inverse_fused = torch.compile(layer.inverse_fused, **options)  # type: ignore[method-assign]
+                    layer.inverse_fused = _CompiledMethod(layer, "inverse_fused", options)  # type: ignore[method-assign]
     return model
+
+
+class _CompiledMethod:
+    """A layer's method compiled with :func:`torch.compile`.
+
+    A deep copy of the layer (an EMA copy, say) gets the copy's own method compiled: a
+    compiled bound method, copied as it is, would go on calling the original layer.
+    """
+
+    def __init__(self, layer: nn.Module, name: str, options: dict[str, Any]) -> None:
+        self.layer, self.name, self.options = layer, name, options
+        self.compiled = torch.compile(getattr(type(layer), name).__get__(layer), **options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.compiled(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CompiledMethod:
+        return _CompiledMethod(copy.deepcopy(self.layer, memo), self.name, self.options)
 
 
 def _device_type(model: nn.Module) -> str:
@@ -115,7 +136,7 @@ def autocast(
     # What each net's instance attribute was: an enclosing block's patch, or none.
     saved = [net.__dict__.get("forward") for net in nets]
     for net in nets:
-        net.forward = _autocast_forward(net.forward, device_type, dtype)  # type: ignore[method-assign]
+        net.forward = _AutocastForward(net.forward, device_type, dtype)  # type: ignore[method-assign]
     try:
         yield model
     finally:
@@ -126,15 +147,26 @@ def autocast(
                 net.forward = forward  # type: ignore[method-assign]
 
 
-def _autocast_forward(forward: Any, device_type: str, dtype: torch.dtype) -> Any:
-    def run(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+class _AutocastForward:
+    """A network's forward under :func:`torch.autocast`, its output cast back.
+
+    A deep copy of the network, made inside the block, is not patched: it gets a copy of
+    what the patch wraps (the class's forward, or an enclosing block's patch), since no
+    block would undo a patch on the copy.
+    """
+
+    def __init__(self, forward: Any, device_type: str, dtype: torch.dtype) -> None:
+        self.forward, self.device_type, self.dtype = forward, device_type, dtype
+
+    def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         # No cast cache: each call casts its weights once anyway, and a cache would keep
         # tensors of a CUDA graph's capture alive past it.
-        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
-            out = forward(x, *args, **kwargs)
+        with torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False):
+            out = self.forward(x, *args, **kwargs)
         return out.to(x.dtype)
 
-    return run
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return copy.deepcopy(self.forward, memo)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

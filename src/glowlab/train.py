@@ -272,8 +272,8 @@ class Trainer:
             self._initialize()
 
         # -- fast paths and data parallelism ---------------------------------------------
-        # Applied after the ActNorm init and the EMA copy: a deep copy of a compiled or
-        # autocast-patched model would call the original's functions.
+        # Applied after the ActNorm init and the EMA copy, to each model on its own (a deep
+        # copy of a compiled model compiles again; one made under autocast is unpatched).
         self._fast_paths = contextlib.ExitStack()
         if config.train.compile:
             _allow_recompiles(8 * len(self.model.levels))

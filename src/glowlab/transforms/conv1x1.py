@@ -104,7 +104,8 @@ class _EvalCache:
         if training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return compute()
         key = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        slot = (name, torch.is_inference_mode_enabled())
+        # (Compiled code skips the check: torch.compile cannot trace it.)
+        slot = (name, not torch.compiler.is_compiling() and torch.is_inference_mode_enabled())
         entry = self.entries.get(slot)
         if entry is None or entry[0] != key:
             entry = self.entries[slot] = (key, compute())
