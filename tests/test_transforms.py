@@ -274,6 +274,15 @@ def test_actnorm_reloaded_never_reinitialises() -> None:
     assert trained.needs_init()
 
 
+def test_actnorm_reset_initialization_initializes_on_the_next_batch() -> None:
+    layer = ActNorm(2)
+    layer(torch.randn(16, 2, 3, 3) * 5)
+    layer.reset_initialization()
+    assert not bool(layer.initialized)
+    z, _ = layer(torch.randn(16, 2, 3, 3) + 100.0)
+    assert bool(layer.initialized) and z.mean().abs() < 1e-6  # set from the new batch
+
+
 # -- 1x1 convolutions ------------------------------------------------------------------------
 def test_lu_and_plain_conv_agree() -> None:
     plain = InvConv1x1(5)

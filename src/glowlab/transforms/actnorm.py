@@ -17,8 +17,11 @@ class ActNorm(Transform):
     The first batch seen in training mode sets ``loc`` and ``log_scale`` so that the output
     has zero mean and unit variance per channel. Whether that happened is the buffer
     ``initialized``, so it travels with ``state_dict`` and a reloaded model never
-    re-initializes. Under ``torch.distributed`` the statistics are averaged over all ranks,
-    so every replica starts from the same parameters.
+    re-initializes. :meth:`reset_initialization` has the next training batch initialize it
+    again (to fine-tune on other data, say); write no ``False`` into the buffer directly: a
+    layer that has initialized does not read it again. Under ``torch.distributed`` the
+    statistics are averaged over all ranks, so every replica starts from the same
+    parameters.
 
     The log-determinant is ``H * W * sum(log_scale)`` for images (``sum(log_scale)`` for
     vectors). Works on ``(B, C)`` and ``(B, C, H, W)`` inputs.
@@ -50,6 +53,11 @@ class ActNorm(Transform):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False
+
+    def reset_initialization(self) -> None:
+        """Have the next batch seen in training mode set ``loc`` and ``log_scale`` again."""
+        self.initialized.fill_(False)
         self._known_initialized = False
 
     def needs_init(self) -> bool:
