@@ -369,6 +369,31 @@ def test_offline_npz_layout_on_synthetic_files(tmp_path: Path) -> None:
     assert small.images.shape == (3, 3, 16, 16) and small.images.dtype == torch.uint8
 
 
+def test_offline_npz_of_the_wrong_layout_or_dataset_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    mnist = rng.integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    labels = np.array([7, 2, 1, 0])
+    path = tmp_path / "mnist" / "test.npz"
+    path.parent.mkdir()
+    # NHW (no channel axis) is accepted for a grayscale dataset.
+    np.savez(path, images=mnist[..., 0], labels=labels)
+    assert gd.get_dataset("mnist", "test", tmp_path).images.shape == (4, 1, 28, 28)
+    cifar = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    for images in (mnist.transpose(0, 3, 1, 2), cifar):  # channels first; another dataset
+        np.savez(path, images=images, labels=labels)
+        with pytest.raises(ValueError) as info:
+            gd.get_dataset("mnist", "test", tmp_path)
+        message = str(info.value)
+        assert str(path) in message and r"(N, 28, 28, 1)" in message and "\n" not in message
+    np.savez(path, images=mnist, labels=labels + 0.9)
+    with pytest.raises(ValueError, match=r"test\.npz: 'labels' must hold integer"):
+        gd.get_dataset("mnist", "test", tmp_path)
+    (tmp_path / "cifar10").mkdir()
+    np.savez(tmp_path / "cifar10" / "test.npz", images=mnist, labels=labels)
+    with pytest.raises(ValueError, match=r"\(N, 32, 32, 3\) array .* for CIFAR-10"):
+        gd.get_dataset("cifar10", "test", tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # SVHN .mat files
 

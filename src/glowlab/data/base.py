@@ -237,11 +237,18 @@ def nhwc_to_tensor(images: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
-def load_npz(paths: Sequence[Path]) -> tuple[Tensor, Tensor]:
-    """Load and concatenate ``.npz`` files holding uint8 NHWC ``images`` and ``labels``.
+def load_npz(
+    paths: Sequence[Path], shape: tuple[int, int, int], dataset: str
+) -> tuple[Tensor, Tensor]:
+    """Load and concatenate ``.npz`` files holding uint8 NHWC ``images`` and integer ``labels``.
 
     This is the layout of the offline copies (``mnist/train.npz``, ``cifar10/train_0.npz``, ...).
+    ``shape`` is the dataset's ``(C, H, W)``: every file must hold ``(N, H, W, C)`` images
+    (``(N, H, W)`` when ``C`` is 1), so that a channels-first array or another dataset's file
+    is refused instead of being read with the wrong layout.
     """
+    channels, height, width = shape
+    allowed = [(height, width, channels)] + ([(height, width)] if channels == 1 else [])
     images, labels = [], []
     for path in paths:
         with np.load(path, allow_pickle=False) as archive:
@@ -251,12 +258,15 @@ def load_npz(paths: Sequence[Path]) -> tuple[Tensor, Tensor]:
                     f"{sorted(archive.files)}"
                 )
             x, y = archive["images"], archive["labels"]
-        if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        if x.dtype != np.uint8 or x.shape[1:] not in allowed:
             raise ValueError(
-                f"{path}: 'images' must be a uint8 (N, H, W, C) array, got {x.dtype} {x.shape}"
+                f"{path}: 'images' must be a uint8 (N, {height}, {width}, {channels}) array "
+                f"(N, height, width, channels) for {dataset}, got {x.dtype} {x.shape}"
             )
         if y.shape != (x.shape[0],):
             raise ValueError(f"{path}: 'labels' must have shape ({x.shape[0]},), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{path}: 'labels' must hold integer class indices, got {y.dtype}")
         images.append(x)
         labels.append(y.astype(np.int64, copy=False))
     x = images[0] if len(images) == 1 else np.concatenate(images)
@@ -337,7 +347,7 @@ class DownloadableDataset(TensorImageDataset):
         root = resolve_data_dir(data_dir)
         npz = self._offline_files(root / self.folder, split)
         if npz is not None:
-            images, labels = load_npz(npz)
+            images, labels = load_npz(npz, self.native_shape, self.display_name)
         else:
             images, labels = self._read_official(root, split, download=download, verify=verify)
         images = fit_image_size(images, image_size, pad=self.zero_pad, dataset=self.display_name)
