@@ -513,6 +513,25 @@ def test_image_folder_labels_resize_and_crop(tmp_path: Path) -> None:
         gd.ImageFolder(tmp_path / "empty", 4)
 
 
+def test_image_folder_scales_16_bit_images_and_refuses_float_ones(tmp_path: Path) -> None:
+    image_module = pytest.importorskip("PIL.Image")
+    wide = (np.arange(16, dtype=np.uint16) * 4369).reshape(4, 4)  # 0, 4369, ..., 65535
+    expected = (wide.astype(np.float64) / 257).round().astype(np.uint8)
+    image_module.fromarray(wide).save(tmp_path / "a.png")
+    image_module.fromarray(wide).save(tmp_path / "b.tif")
+    # PGM keeps 16 bits too; Pillow opens it with 32-bit integer pixels.
+    (tmp_path / "c.pgm").write_bytes(b"P5\n4 4\n65535\n" + wide.astype(">u2").tobytes())
+    gray = gd.ImageFolder(tmp_path, 4, mode="L")
+    assert [p.name for p in gray.files] == ["a.png", "b.tif", "c.pgm"]
+    for image in gray.images:
+        np.testing.assert_array_equal(image[0].numpy(), expected)
+    rgb = gd.ImageFolder(tmp_path, 4)
+    np.testing.assert_array_equal(rgb.images[0].numpy(), np.stack([expected] * 3))
+    image_module.fromarray(wide.astype(np.float32)).save(tmp_path / "d.tif")
+    with pytest.raises(ValueError, match=r"d\.tif: .*floating-point"):
+        gd.ImageFolder(tmp_path, 4)
+
+
 # ---------------------------------------------------------------------------------------------
 # scikit-learn digits, registry and metadata
 

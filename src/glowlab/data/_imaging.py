@@ -30,15 +30,40 @@ def _bicubic(image_module: ModuleType) -> Any:
     return getattr(image_module, "Resampling", image_module).BICUBIC
 
 
+# Pillow's modes for 16-bit grayscale. PNG and PGM files of 16 bits are opened in one of
+# these, or in "I" (32-bit integers) by some Pillow versions, always with values 0..65535.
+_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_16_BIT_FORMATS = ("PNG", "PPM")
+
+
 def open_image(path: Path, mode: ColorMode) -> Any:
-    """Open ``path`` as a fully decoded Pillow image in ``mode``."""
+    """Open ``path`` as a fully decoded Pillow image in ``mode``.
+
+    16-bit grayscale images are scaled to 8 bits (``round(v / 257)``); images of 32-bit
+    integer or floating-point pixels, whose range is not known, are refused.
+    """
     image_module = import_pillow()
     try:
         with image_module.open(path) as image:
-            return image.convert(mode)
+            return _to_8_bits(image, image_module).convert(mode)
     except (OSError, ValueError) as error:
         # Pillow's messages rarely name the file, and one bad file in thousands is hard to find.
         raise ValueError(f"could not read the image {path}: {error}") from error
+
+
+def _to_8_bits(image: Any, image_module: ModuleType) -> Any:
+    # Pillow's convert() clips wide values at 255 instead of rescaling them, so a 16-bit
+    # image would come out almost white.
+    if image.mode in _16_BIT_MODES or (image.mode == "I" and image.format in _16_BIT_FORMATS):
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        return image_module.fromarray(((wide + 128) // 257).astype(np.uint8))
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        kind = "floating-point" if image.mode == "F" else "wide integer"
+        raise ValueError(
+            f"its pixels are {kind} values (Pillow mode {image.mode!r}) with no known range; "
+            f"save it with 8 or 16 bits per channel"
+        )
+    return image
 
 
 def center_crop_resize(image: Any, crop: int, size: int) -> np.ndarray:

@@ -58,7 +58,8 @@ class ImageFolder(TensorImageDataset):
     Each image is resized (bicubic) so that its shorter side is ``image_size`` and then the
     central square is cut out, so no image is distorted. Images are found recursively and kept
     in the order of their relative paths. All images are decoded into memory when the dataset
-    is built, which takes ``N * C * image_size**2`` bytes.
+    is built, which takes ``N * C * image_size**2`` bytes. 16-bit grayscale images are scaled
+    to 8 bits; images of 32-bit integer or floating-point pixels are refused.
 
     Labels: with ``class_subfolders=True`` each immediate sub-folder of ``root`` that contains
     images (at any depth) is a class, classes are sorted by name, and an image's label is the
