@@ -187,6 +187,25 @@ def test_fashion_mnist_uncompressed_in_torchvision_layout(tmp_path: Path) -> Non
     assert ds.classes[0] == "T-shirt/top" and ds.num_classes == 10
 
 
+def test_fashion_mnist_never_takes_mnist_files_from_data_dir(tmp_path: Path) -> None:
+    # MNIST's decompressed idx files directly in data_dir (a layout MNIST reads): same names
+    # as Fashion-MNIST's, and no published MD5 to tell them apart.
+    images, labels = fake_mnist(3, seed=8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images, compress=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels, compress=False)
+    np.testing.assert_array_equal(gd.get_dataset("mnist", "test", tmp_path).images[:, 0], images)
+    with pytest.raises(gd.DatasetNotFoundError, match=re.escape(str(tmp_path / "fashion-mnist"))):
+        gd.get_dataset("fashion-mnist", "test", tmp_path)
+    # The gzipped files: not called corrupt (they are not Fashion-MNIST's to judge), and not
+    # read either, even with verify=False.
+    write_mnist(tmp_path, n=3, split="test")
+    for verify in (True, False):
+        with pytest.raises(gd.DatasetNotFoundError) as info:
+            gd.get_dataset("fashion-mnist", "test", tmp_path, verify=verify)
+        assert not isinstance(info.value, gd.ChecksumError)
+        assert "delete" not in str(info.value)
+
+
 def test_missing_files_error_names_files_and_directory(tmp_path: Path) -> None:
     with pytest.raises(gd.DatasetNotFoundError) as info:
         gd.get_dataset("mnist", "test", tmp_path)
@@ -297,6 +316,28 @@ def test_download_dataset_and_corrupt_file_replaced(tmp_path: Path, monkeypatch)
         gd.download_dataset("celeba", tmp_path)
     with pytest.raises(ValueError, match="nothing to download"):
         gd.download_dataset("digits")
+
+
+def test_search_folder_with_wrong_checksums_is_passed_over(tmp_path: Path, monkeypatch) -> None:
+    # Files with the right names but not the published MD5s (another dataset's, or corrupt)
+    # in torchvision's folder and in data_dir: neither is used, nor called corrupt.
+    write_mnist(tmp_path / "FashionMNIST" / "raw", n=3, split="test")
+    with pytest.raises(gd.DatasetNotFoundError) as info:
+        gd.FashionMNIST(tmp_path, "test")
+    message = str(info.value)
+    assert not isinstance(info.value, gd.ChecksumError) and "\n" not in message
+    assert str(tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz") in message
+    assert "bef4ecab320f06d8554ea6380940ec79" in message and "verify=False" in message
+    assert gd.FashionMNIST(tmp_path, "test", verify=False).images.shape == (3, 1, 28, 28)
+    write_mnist(tmp_path, n=3)
+    with pytest.raises(gd.DatasetNotFoundError, match="not used") as info:
+        gd.MNIST(tmp_path, "train")
+    assert not isinstance(info.value, gd.ChecksumError)
+    # A download replaces what was passed over; the folder's files are left alone.
+    _, served = served_mnist(monkeypatch)
+    np.testing.assert_array_equal(gd.MNIST(tmp_path, "train", download=True).images[:, 0], served)
+    assert (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").is_file()
+    assert gd.read_idx(tmp_path / "train-images-idx3-ubyte.gz").shape == (3, 28, 28)
 
 
 def test_download_url_single_url(tmp_path: Path, monkeypatch) -> None:

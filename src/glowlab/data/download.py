@@ -145,8 +145,11 @@ def resolve_files(
     """Locate ``files`` on disk, downloading the missing ones if asked; return their paths.
 
     Each file is looked for in ``directory`` and then in each folder of ``search``, under its
-    own name and then under its ``alternatives``. A file found under its own name is checked
-    against its MD5 when ``verify`` is true. Downloads always go into ``directory``.
+    own name and then under its ``alternatives``. When ``verify`` is true, files found under
+    their own names are checked against their MD5s: in ``directory`` a mismatch means a
+    corrupt file, while a folder of ``search`` that holds a file with the wrong MD5 is passed
+    over as a whole, because the files there may be another dataset's with the same names
+    (MNIST's and Fashion-MNIST's are). Downloads always go into ``directory``.
 
     Args:
         files: the files needed.
@@ -160,18 +163,25 @@ def resolve_files(
     Raises:
         DatasetNotFoundError: a file is missing and ``download`` is false, or it could not be
             downloaded.
-        ChecksumError: a file on disk has the wrong MD5 and ``download`` is false.
+        ChecksumError: a file in ``directory`` has the wrong MD5 and ``download`` is false.
     """
     folders = [directory, *search]
+    # Why each search folder that was looked at must not be used (None: it may be).
+    passed_over: dict[Path, str | None] = {}
     paths: list[Path | None] = []
     for remote in files:
         found: Path | None = None
         for folder in folders:
             candidates = [folder / remote.filename] + [folder / a for a in remote.alternatives]
             found = next((p for p in candidates if p.is_file()), None)
+            if found is not None and verify and folder != directory:
+                if folder not in passed_over:
+                    passed_over[folder] = _checksum_mismatch(folder, files)
+                if passed_over[folder] is not None:
+                    found = None
             if found is not None:
                 break
-        if found is not None and verify and found.name == remote.filename:
+        if verify and found == directory / remote.filename:
             got = md5sum(found)
             if got != remote.md5:
                 if not download:
@@ -186,11 +196,30 @@ def resolve_files(
     missing = [remote for remote, path in zip(files, paths, strict=True) if path is None]
     if missing and not download:
         names = [remote.filename for remote in missing]
-        raise DatasetNotFoundError(missing_files_message(dataset, names, directory, hint))
+        message = missing_files_message(dataset, names, directory, hint)
+        reasons = [reason for reason in passed_over.values() if reason is not None]
+        if reasons:
+            message += (
+                f" ({'; '.join(reasons)}: another dataset's file or a corrupt copy, so "
+                f"{'it was' if len(reasons) == 1 else 'they were'} not used; verify=False "
+                f"accepts {'it' if len(reasons) == 1 else 'them'})"
+            )
+        raise DatasetNotFoundError(message)
     for i, remote in enumerate(files):
         if paths[i] is None:
             paths[i] = download_url(remote.urls, directory / remote.filename, remote.md5)
     return [p for p in paths if p is not None]
+
+
+def _checksum_mismatch(folder: Path, files: Sequence[RemoteFile]) -> str | None:
+    """Which of ``files`` in ``folder`` has the wrong MD5, as a phrase, or None if none has."""
+    for remote in files:
+        path = folder / remote.filename
+        if path.is_file():
+            got = md5sum(path)
+            if got != remote.md5:
+                return f"{path} has MD5 {got}, not the published {remote.md5}"
+    return None
 
 
 def save_npz_atomic(path: Path, **arrays: object) -> None:

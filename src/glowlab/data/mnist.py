@@ -4,10 +4,13 @@ Where the files are looked for, in order (``root`` is ``data_dir``):
 
 1. ``root/<name>/{train,test}.npz`` (``images`` uint8 NHWC, ``labels`` int64);
 2. the gzipped idx files, e.g. ``train-images-idx3-ubyte.gz``, or their decompressed
-   versions, in ``root/<name>/``, then ``root/`` itself, then the torchvision layout
-   ``root/MNIST/raw/`` (``root/FashionMNIST/raw/``).
+   versions, in ``root/<name>/``, then (MNIST only) ``root/`` itself, then the torchvision
+   layout ``root/MNIST/raw/`` (``root/FashionMNIST/raw/``).
 
-``<name>`` is ``mnist`` or ``fashion-mnist``; downloads go to ``root/<name>/``.
+``<name>`` is ``mnist`` or ``fashion-mnist``; downloads go to ``root/<name>/``. The two
+datasets' files have the same names, so Fashion-MNIST's are never looked for in ``root/``
+itself, and a folder other than ``root/<name>/`` whose ``.gz`` files do not have the
+published MD5s is passed over (with ``verify=False`` it is used as it is).
 
 References:
     Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning applied to document
@@ -109,6 +112,9 @@ class _IdxDataset(DownloadableDataset):
     """Shared loader of the two idx-format datasets; see the module docstring for the layout."""
 
     torchvision_folder: ClassVar[str]
+    #: Whether the files may also lie directly in ``data_dir``. Only one of the two datasets
+    #: may look there, since their files have the same names.
+    in_data_dir: ClassVar[bool]
     remote_files: ClassVar[dict[str, list[RemoteFile]]]
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     native_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
@@ -124,7 +130,7 @@ class _IdxDataset(DownloadableDataset):
             dataset=f"{cls.display_name} {split} split",
             download=download,
             verify=verify,
-            search=[root, root / cls.torchvision_folder / "raw"],
+            search=([root] if cls.in_data_dir else []) + [root / cls.torchvision_folder / "raw"],
             hint=f" (or the offline copy {split}.npz)",
         )
         raw_images, raw_labels = read_idx(image_path), read_idx(label_path)
@@ -194,6 +200,7 @@ class MNIST(_IdxDataset):
     display_name = "MNIST"
     folder = "mnist"
     torchvision_folder = "MNIST"
+    in_data_dir = True
     remote_files = _idx_files(_MNIST_URLS, _MNIST_MD5)
     class_names = tuple(str(i) for i in range(10))
 
@@ -201,7 +208,9 @@ class MNIST(_IdxDataset):
 class FashionMNIST(_IdxDataset):
     """Fashion-MNIST: Zalando article images in MNIST's format (1x28x28, 10 classes).
 
-    Arguments are those of :class:`MNIST`; files live in ``data_dir/fashion-mnist/``.
+    Arguments are those of :class:`MNIST`; files live in ``data_dir/fashion-mnist/`` (or
+    torchvision's ``data_dir/FashionMNIST/raw/``), never directly in ``data_dir``, where they
+    could not be told from MNIST's files of the same names.
 
     References:
         H. Xiao, K. Rasul, R. Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking
@@ -211,6 +220,7 @@ class FashionMNIST(_IdxDataset):
     display_name = "Fashion-MNIST"
     folder = "fashion-mnist"
     torchvision_folder = "FashionMNIST"
+    in_data_dir = False
     remote_files = _idx_files(_FASHION_URLS, _FASHION_MD5)
     class_names = (
         "T-shirt/top",
