@@ -554,6 +554,36 @@ def test_image_folder_labels_resize_and_crop(tmp_path: Path) -> None:
         gd.ImageFolder(tmp_path / "empty", 4)
 
 
+def write_png(path: Path, value: int) -> None:
+    image_module = pytest.importorskip("PIL.Image")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_module.fromarray(np.full((4, 4, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_image_folder_train_split_leaves_out_held_out_sub_folders(tmp_path: Path) -> None:
+    # No train/: the training split is the folder itself, but not its test/ or Val/ images.
+    for i in range(3):
+        write_png(tmp_path / f"{i}.png", 10 + i)
+    write_png(tmp_path / "more" / "3.png", 13)
+    write_png(tmp_path / "test" / "t.png", 200)
+    write_png(tmp_path / "Val" / "v.png", 210)
+    train = gd.get_dataset("folder", "train", tmp_path, image_size=4)
+    test = gd.get_dataset("folder", "test", tmp_path, image_size=4)
+    assert [p.relative_to(tmp_path).as_posix() for p in train.files] == [
+        "0.png",
+        "1.png",
+        "2.png",
+        "more/3.png",
+    ]
+    assert test.images[:, :, 0, 0].tolist() == [[200, 200, 200]]
+    # Read directly, the folder is still read whole.
+    assert len(gd.ImageFolder(tmp_path, 4)) == 6
+    only_held_out = tmp_path / "only"
+    write_png(only_held_out / "test" / "t.png", 200)
+    with pytest.raises(gd.DatasetNotFoundError, match=r"no images .* outside test/"):
+        gd.get_dataset("folder", "train", only_held_out, image_size=4)
+
+
 def test_image_folder_scales_16_bit_images_and_refuses_float_ones(tmp_path: Path) -> None:
     image_module = pytest.importorskip("PIL.Image")
     wide = (np.arange(16, dtype=np.uint16) * 4369).reshape(4, 4)  # 0, 4369, ..., 65535

@@ -16,7 +16,11 @@ import torch
 from ._imaging import ColorMode, decode_all, import_pillow, open_image, resize_shorter_side_crop
 from .base import DatasetNotFoundError, TensorImageDataset, check_image_size, nhwc_to_tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "list_images"]
+__all__ = ["HELD_OUT_SPLITS", "IMAGE_EXTENSIONS", "ImageFolder", "list_images"]
+
+#: Sub-folders that hold images kept out of training. When a whole folder is the training
+#: split (it has no ``train/``), sub-folders with these names, in any case, are left out.
+HELD_OUT_SPLITS = ("test", "val", "valid", "validation")
 
 IMAGE_EXTENSIONS = (
     ".bmp",
@@ -33,19 +37,25 @@ IMAGE_EXTENSIONS = (
 
 
 def list_images(
-    root: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS
+    root: str | os.PathLike[str],
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    exclude: Iterable[str] = (),
 ) -> list[Path]:
     """All image files under ``root``, recursively, sorted by their path relative to ``root``.
 
     Extensions match case-insensitively. Hidden files and folders (names starting with ``.``,
-    such as ``.ipynb_checkpoints``) are skipped.
+    such as ``.ipynb_checkpoints``) are skipped, and so are the immediate sub-folders of
+    ``root`` named in ``exclude`` (compared case-insensitively).
     """
     root = Path(root)
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    excluded = {name.lower() for name in exclude}
     found = []
     for path in root.rglob("*"):
         relative = path.relative_to(root)
         if any(part.startswith(".") for part in relative.parts):
+            continue
+        if len(relative.parts) > 1 and relative.parts[0].lower() in excluded:
             continue
         if path.suffix.lower() in suffixes and path.is_file():
             found.append(path)
@@ -77,6 +87,9 @@ class ImageFolder(TensorImageDataset):
             converted as needed (transparency is dropped).
         class_subfolders: take labels from the top-level sub-folders (see above).
         extensions: file extensions to read.
+        exclude: names of immediate sub-folders of ``root`` to leave out, compared
+            case-insensitively (:func:`get_dataset` passes :data:`HELD_OUT_SPLITS` when the
+            whole folder is the training split).
         num_workers: decoding threads; None picks up to 8.
 
     Example:
@@ -93,6 +106,7 @@ class ImageFolder(TensorImageDataset):
         mode: ColorMode = "RGB",
         class_subfolders: bool = False,
         extensions: Iterable[str] = IMAGE_EXTENSIONS,
+        exclude: Iterable[str] = (),
         num_workers: int | None = None,
     ) -> None:
         if image_size is None:
@@ -108,11 +122,15 @@ class ImageFolder(TensorImageDataset):
             )
         import_pillow()  # fail before walking a large tree if Pillow is missing
         extensions = tuple(extensions)
-        files = list_images(root, extensions)
+        exclude = tuple(exclude)
+        files = list_images(root, extensions, exclude)
         if not files:
+            left_out = {name.lower() for name in exclude}
+            skipped = sorted(f"{p.name}/" for p in root.iterdir() if p.name.lower() in left_out)
+            outside = f" outside {', '.join(skipped)}" if skipped else ""
             raise DatasetNotFoundError(
-                f"no images ({', '.join(extensions)}) found under {root}; point --data-dir "
-                f"(data_dir=) at a folder of images"
+                f"no images ({', '.join(extensions)}) found under {root}{outside}; point "
+                f"--data-dir (data_dir=) at a folder of images"
             )
         if class_subfolders:
             top = [p.relative_to(root).parts for p in files]

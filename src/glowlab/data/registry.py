@@ -27,7 +27,7 @@ from .celeba import CELEBA_URL, CelebA
 from .cifar import CIFAR10, CIFAR10_TARBALL
 from .digits import Digits
 from .download import RemoteFile, resolve_files
-from .folder import ImageFolder
+from .folder import HELD_OUT_SPLITS, ImageFolder
 from .mnist import MNIST, FashionMNIST
 from .svhn import SVHN, SVHN_FILES
 
@@ -159,7 +159,8 @@ def get_dataset(
         split: a split of that dataset (see :func:`dataset_splits`). For ``"folder"``, a
             sub-folder of ``data_dir`` named like the split is used if it exists (so a folder
             with ``train/`` and ``test/`` works); otherwise only ``"train"`` is accepted and
-            means the whole folder.
+            means the whole folder, less its sub-folders named ``test``, ``val``, ``valid``
+            or ``validation`` (in any case), which hold the images kept out of training.
         data_dir: where the files are. For the named datasets this is the folder that holds
             ``mnist/``, ``cifar10/``, ... (None: ``$GLOWLAB_DATA_DIR``, else
             ``~/.cache/glowlab``); for ``"folder"`` it is the image folder itself and is
@@ -192,15 +193,7 @@ def get_dataset(
             )
         if not isinstance(split, str):
             raise TypeError(f"split must be a str, got {type(split).__name__}")
-        root = Path(data_dir).expanduser()
-        if (root / split).is_dir():
-            root = root / split
-        elif split != "train":
-            raise ValueError(
-                f"unknown split {split!r} for the image folder {root}: there is no sub-folder "
-                f"named {split!r}; use 'train' for the whole folder"
-            )
-        return ImageFolder(root, image_size, **kwargs)  # type: ignore[arg-type]
+        return _image_folder_split(Path(data_dir).expanduser(), split, image_size, kwargs)
     check_split(split, spec.splits, key)
     loader = {
         "mnist": MNIST,
@@ -210,6 +203,25 @@ def get_dataset(
         "celeba": CelebA,
     }[key]
     return loader(data_dir, split, download=download, image_size=image_size, **kwargs)
+
+
+def _image_folder_split(
+    root: Path, split: str, image_size: int | None, kwargs: dict[str, Any]
+) -> ImageFolder:
+    """The ``split`` of the image folder ``root``: its sub-folder ``split``, or for ``"train"``
+    without a ``train/`` sub-folder, the whole folder but its held-out sub-folders."""
+    exclude: tuple[str, ...] = ()
+    if (root / split).is_dir():
+        folder = root / split
+    elif split == "train":
+        # The held-out splits stay out of training even when they lie inside the folder.
+        folder, exclude = root, HELD_OUT_SPLITS
+    else:
+        raise ValueError(
+            f"unknown split {split!r} for the image folder {root}: there is no sub-folder "
+            f"named {split!r}; use 'train' for the whole folder"
+        )
+    return ImageFolder(folder, image_size, exclude=exclude, **kwargs)  # type: ignore[arg-type]
 
 
 def download_dataset(
