@@ -584,6 +584,29 @@ def test_image_folder_train_split_leaves_out_held_out_sub_folders(tmp_path: Path
         gd.get_dataset("folder", "train", only_held_out, image_size=4)
 
 
+def test_image_folder_splits_share_the_training_classes(tmp_path: Path) -> None:
+    for name, value in [("cat", 10), ("dog", 20), ("zebra", 30)]:
+        write_png(tmp_path / "train" / name / "0.png", value)
+    for name, value in [("cat", 11), ("zebra", 31)]:  # the test split has no dogs
+        write_png(tmp_path / "test" / name / "0.png", value)
+    train = gd.get_dataset("folder", "train", tmp_path, image_size=4, class_subfolders=True)
+    test = gd.get_dataset("folder", "test", tmp_path, image_size=4, class_subfolders=True)
+    assert train.classes == test.classes == ("cat", "dog", "zebra")
+    assert train.labels.tolist() == [0, 1, 2] and test.labels.tolist() == [0, 2]
+    write_png(tmp_path / "test" / "lion" / "0.png", 40)
+    with pytest.raises(ValueError, match=r"lion of the 'test' split .* \(cat, dog, zebra, in "):
+        gd.get_dataset("folder", "test", tmp_path, image_size=4, class_subfolders=True)
+    # Without train/, the training classes are the folder's own, its held-out ones aside.
+    flat = tmp_path / "flat"
+    for name in ("cat", "dog"):
+        write_png(flat / name / "0.png", 50)
+    write_png(flat / "test" / "dog" / "0.png", 60)
+    held_out = gd.get_dataset("folder", "test", flat, image_size=4, class_subfolders=True)
+    assert held_out.classes == ("cat", "dog") and held_out.labels.tolist() == [1]
+    with pytest.raises(ValueError, match="class_subfolders=True"):
+        gd.ImageFolder(flat, 4, classes=("cat", "dog"))
+
+
 def test_image_folder_scales_16_bit_images_and_refuses_float_ones(tmp_path: Path) -> None:
     image_module = pytest.importorskip("PIL.Image")
     wide = (np.arange(16, dtype=np.uint16) * 4369).reshape(4, 4)  # 0, 4369, ..., 65535

@@ -6,7 +6,7 @@ Needs Pillow (``pip install glowlab[images]``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch
 from ._imaging import ColorMode, decode_all, import_pillow, open_image, resize_shorter_side_crop
 from .base import DatasetNotFoundError, TensorImageDataset, check_image_size, nhwc_to_tensor
 
-__all__ = ["HELD_OUT_SPLITS", "IMAGE_EXTENSIONS", "ImageFolder", "list_images"]
+__all__ = ["HELD_OUT_SPLITS", "IMAGE_EXTENSIONS", "ImageFolder", "class_folders", "list_images"]
 
 #: Sub-folders that hold images kept out of training. When a whole folder is the training
 #: split (it has no ``train/``), sub-folders with these names, in any case, are left out.
@@ -62,6 +62,21 @@ def list_images(
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def class_folders(
+    root: str | os.PathLike[str],
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    exclude: Iterable[str] = (),
+) -> tuple[str, ...]:
+    """The immediate sub-folders of ``root`` that hold images (at any depth), sorted by name.
+
+    These are the classes :class:`ImageFolder` finds with ``class_subfolders=True``;
+    ``extensions`` and ``exclude`` are those of :func:`list_images`.
+    """
+    root = Path(root)
+    parts = [p.relative_to(root).parts for p in list_images(root, extensions, exclude)]
+    return tuple(sorted({path[0] for path in parts if len(path) > 1}))
+
+
 class ImageFolder(TensorImageDataset):
     """Every image under a folder, as ``image_size`` x ``image_size`` uint8 tensors.
 
@@ -72,9 +87,9 @@ class ImageFolder(TensorImageDataset):
     to 8 bits; images of 32-bit integer or floating-point pixels are refused.
 
     Labels: with ``class_subfolders=True`` each immediate sub-folder of ``root`` that contains
-    images (at any depth) is a class, classes are sorted by name, and an image's label is the
-    index of its top-level sub-folder; otherwise every image has label 0 and the single class
-    is named after ``root``.
+    images (at any depth) is a class, classes are sorted by name (or given as ``classes``),
+    and an image's label is the index of its top-level sub-folder; otherwise every image has
+    label 0 and the single class is named after ``root``.
 
     Attributes:
         files: the image paths, in dataset order.
@@ -86,6 +101,11 @@ class ImageFolder(TensorImageDataset):
         mode: ``"RGB"`` for 3 channels or ``"L"`` for 1-channel grayscale; images are
             converted as needed (transparency is dropped).
         class_subfolders: take labels from the top-level sub-folders (see above).
+        classes: with ``class_subfolders=True``, the class names in label order, which may
+            include classes this folder has no images of; every sub-folder with images must
+            be one of them. :func:`get_dataset` passes the training split's classes to the
+            other splits, so that a label means the same class in every split. None takes
+            the sub-folders of ``root``.
         extensions: file extensions to read.
         exclude: names of immediate sub-folders of ``root`` to leave out, compared
             case-insensitively (:func:`get_dataset` passes :data:`HELD_OUT_SPLITS` when the
@@ -105,6 +125,7 @@ class ImageFolder(TensorImageDataset):
         *,
         mode: ColorMode = "RGB",
         class_subfolders: bool = False,
+        classes: Sequence[str] | None = None,
         extensions: Iterable[str] = IMAGE_EXTENSIONS,
         exclude: Iterable[str] = (),
         num_workers: int | None = None,
@@ -114,6 +135,12 @@ class ImageFolder(TensorImageDataset):
         check_image_size(image_size)
         if mode not in ("RGB", "L"):
             raise ValueError(f"mode must be 'RGB' or 'L' (grayscale), got {mode!r}")
+        if classes is not None:
+            if not class_subfolders:
+                raise ValueError("classes= names the class sub-folders: pass class_subfolders=True")
+            classes = tuple(classes)
+            if not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+                raise ValueError(f"classes must be distinct folder names, got {classes!r}")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DatasetNotFoundError(
@@ -141,7 +168,15 @@ class ImageFolder(TensorImageDataset):
                     f"{root}, but {len(loose)} lie directly in it (first: {loose[0].name}); "
                     f"move them into a sub-folder or pass class_subfolders=False"
                 )
-            classes = tuple(sorted({parts[0] for parts in top}))
+            found = sorted({parts[0] for parts in top})
+            if classes is None:
+                classes = tuple(found)
+            unknown = [name for name in found if name not in classes]
+            if unknown:
+                raise ValueError(
+                    f"the class sub-folder {root / unknown[0]} is not one of the classes "
+                    f"({', '.join(classes)}); rename it to one of them or remove it"
+                )
             index = {name: i for i, name in enumerate(classes)}
             labels = torch.tensor([index[parts[0]] for parts in top], dtype=torch.int64)
         else:

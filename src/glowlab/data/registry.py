@@ -27,7 +27,7 @@ from .celeba import CELEBA_URL, CelebA
 from .cifar import CIFAR10, CIFAR10_TARBALL
 from .digits import Digits
 from .download import RemoteFile, resolve_files
-from .folder import HELD_OUT_SPLITS, ImageFolder
+from .folder import HELD_OUT_SPLITS, IMAGE_EXTENSIONS, ImageFolder, class_folders
 from .mnist import MNIST, FashionMNIST
 from .svhn import SVHN, SVHN_FILES
 
@@ -161,6 +161,8 @@ def get_dataset(
             with ``train/`` and ``test/`` works); otherwise only ``"train"`` is accepted and
             means the whole folder, less its sub-folders named ``test``, ``val``, ``valid``
             or ``validation`` (in any case), which hold the images kept out of training.
+            With ``class_subfolders=True`` every split takes its class list from the
+            training split, so a label means the same class in each.
         data_dir: where the files are. For the named datasets this is the folder that holds
             ``mnist/``, ``cifar10/``, ... (None: ``$GLOWLAB_DATA_DIR``, else
             ``~/.cache/glowlab``); for ``"folder"`` it is the image folder itself and is
@@ -210,17 +212,32 @@ def _image_folder_split(
 ) -> ImageFolder:
     """The ``split`` of the image folder ``root``: its sub-folder ``split``, or for ``"train"``
     without a ``train/`` sub-folder, the whole folder but its held-out sub-folders."""
-    exclude: tuple[str, ...] = ()
-    if (root / split).is_dir():
-        folder = root / split
-    elif split == "train":
-        # The held-out splits stay out of training even when they lie inside the folder.
-        folder, exclude = root, HELD_OUT_SPLITS
+    # The held-out splits stay out of training even when they lie inside the folder.
+    train, train_exclude = (
+        (root / "train", ()) if (root / "train").is_dir() else (root, HELD_OUT_SPLITS)
+    )
+    if split == "train":
+        folder, exclude = train, train_exclude
+    elif (root / split).is_dir():
+        folder, exclude = root / split, ()
     else:
         raise ValueError(
             f"unknown split {split!r} for the image folder {root}: there is no sub-folder "
             f"named {split!r}; use 'train' for the whole folder"
         )
+    if kwargs.get("class_subfolders") and kwargs.get("classes") is None and folder != train:
+        # Every split numbers its classes as the training split does, so that a label means
+        # the same class in each, even in a split that lacks some of them.
+        extensions = kwargs.get("extensions", IMAGE_EXTENSIONS)
+        classes = class_folders(train, extensions, train_exclude)
+        unknown = [c for c in class_folders(folder, extensions) if c not in classes]
+        if unknown:
+            raise ValueError(
+                f"the class sub-folder {folder / unknown[0]} of the {split!r} split is not one "
+                f"of the training split's classes ({', '.join(classes) or 'none'}, in {train}); "
+                f"with class_subfolders=True every split must use the training split's classes"
+            )
+        kwargs = {**kwargs, "classes": classes}
     return ImageFolder(folder, image_size, exclude=exclude, **kwargs)  # type: ignore[arg-type]
 
 
