@@ -540,8 +540,8 @@ def test_image_folder_labels_resize_and_crop(tmp_path: Path) -> None:
     assert gray.labels.tolist() == [0, 0, 0]
     split = gd.get_dataset("folder", "dogs", root, image_size=4)
     assert len(split) == 2
-    with pytest.raises(ValueError, match="no sub-folder named 'test'"):
-        gd.get_dataset("folder", "test", root, image_size=4)
+    with pytest.raises(ValueError, match="no sub-folder named 'cats2'"):
+        gd.get_dataset("folder", "cats2", root, image_size=4)
     image_module.fromarray(bands).save(root / "loose.png")
     with pytest.raises(ValueError, match=r"loose\.png"):
         gd.ImageFolder(root, 4, class_subfolders=True)
@@ -582,6 +582,19 @@ def test_image_folder_train_split_leaves_out_held_out_sub_folders(tmp_path: Path
     write_png(only_held_out / "test" / "t.png", 200)
     with pytest.raises(gd.DatasetNotFoundError, match=r"no images .* outside test/"):
         gd.get_dataset("folder", "train", only_held_out, image_size=4)
+
+
+def test_image_folder_without_test_split_says_how_to_make_one(tmp_path: Path) -> None:
+    write_png(tmp_path / "0.png", 10)
+    assert len(gd.get_dataset("folder", "train", tmp_path, image_size=4)) == 1
+    # What training asks for: the message says what to do on disk, not to load 'train' only.
+    with pytest.raises(ValueError) as info:
+        gd.get_dataset("folder", "test", tmp_path, image_size=4)
+    message = str(info.value)
+    assert f"move the images to hold out for it into {tmp_path / 'test'}/" in message
+    assert "use 'train'" not in message and "\n" not in message
+    with pytest.raises(gd.DatasetNotFoundError, match="does not exist"):
+        gd.get_dataset("folder", "test", tmp_path / "missing", image_size=4)
 
 
 def test_image_folder_splits_share_the_training_classes(tmp_path: Path) -> None:

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .base import TensorImageDataset, check_image_size, check_split, resolve_data_dir
+from .base import (
+    DatasetNotFoundError,
+    TensorImageDataset,
+    check_image_size,
+    check_split,
+    resolve_data_dir,
+)
 from .celeba import CELEBA_URL, CelebA
 from .cifar import CIFAR10, CIFAR10_TARBALL
 from .digits import Digits
@@ -161,6 +167,7 @@ def get_dataset(
             with ``train/`` and ``test/`` works); otherwise only ``"train"`` is accepted and
             means the whole folder, less its sub-folders named ``test``, ``val``, ``valid``
             or ``validation`` (in any case), which hold the images kept out of training.
+            Training needs a ``test`` split, so a folder to train on must have ``test/``.
             With ``class_subfolders=True`` every split takes its class list from the
             training split, so a label means the same class in each.
         data_dir: where the files are. For the named datasets this is the folder that holds
@@ -212,6 +219,11 @@ def _image_folder_split(
 ) -> ImageFolder:
     """The ``split`` of the image folder ``root``: its sub-folder ``split``, or for ``"train"``
     without a ``train/`` sub-folder, the whole folder but its held-out sub-folders."""
+    if not root.is_dir():
+        raise DatasetNotFoundError(
+            f"image folder {root} does not exist; point --data-dir (data_dir=) at a folder of "
+            f"images"
+        )
     # The held-out splits stay out of training even when they lie inside the folder.
     train, train_exclude = (
         (root / "train", ()) if (root / "train").is_dir() else (root, HELD_OUT_SPLITS)
@@ -220,6 +232,14 @@ def _image_folder_split(
         folder, exclude = train, train_exclude
     elif (root / split).is_dir():
         folder, exclude = root / split, ()
+    elif split.lower() in HELD_OUT_SPLITS:
+        # Said as what to do on disk: `glowlab train` always loads the 'test' split, so a
+        # user of the command line cannot choose 'train' instead.
+        raise ValueError(
+            f"the image folder {root} has no {split!r} split: move the images to hold out for "
+            f"it into {root / split}/ (the 'train' split is then {root / 'train'}/ if that "
+            f"exists, else the rest of the folder)"
+        )
     else:
         raise ValueError(
             f"unknown split {split!r} for the image folder {root}: there is no sub-folder "
