@@ -304,6 +304,29 @@ def test_resume_notes_changes_that_break_exact_resume(tmp_path: Path) -> None:
     assert "data.max_train_images: 128 in the checkpoint, 96 now" in notes[1]
 
 
+def test_resume_takes_the_optimizer_settings_from_the_config(tmp_path: Path) -> None:
+    """load_state_dict restores the saved groups' betas, eps and weight decay: the config's
+    values must replace them, or config.json would describe settings that are not used."""
+    torch.set_default_dtype(torch.float32)
+    Trainer(_digits("train.steps=1"), tmp_path).fit()
+    same = Trainer(_digits("train.steps=2"), tmp_path, resume=True)
+    assert same.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    changed = ["optim.betas=[0.5, 0.6]", "optim.eps=0.1", "optim.weight_decay=0.5"]
+    trainer = Trainer(_digits("train.steps=2", *changed), tmp_path, resume=True)
+    group = trainer.optimizer.param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.5, 0.6), 0.1, 0.5)
+    events = [r["message"] for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
+    notes = [m for m in events if m.startswith("resuming with optim.")]
+    assert notes == [
+        "resuming with optim.betas: (0.9, 0.999) in the checkpoint, (0.5, 0.6) now: "
+        "the optimizer uses the new value",
+        "resuming with optim.eps: 1e-08 in the checkpoint, 0.1 now: the optimizer uses the "
+        "new value",
+        "resuming with optim.weight_decay: 0.0 in the checkpoint, 0.5 now: the optimizer uses "
+        "the new value",
+    ]
+
+
 def test_resumed_ema_follows_the_config(tmp_path: Path) -> None:
     torch.set_default_dtype(torch.float32)
     Trainer(_digits("train.steps=1"), tmp_path / "ema").fit()  # the preset keeps an EMA

@@ -152,6 +152,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# The optimizer hyperparameters that a resume takes from the config, not the checkpoint.
+_GROUP_SETTINGS = ("betas", "eps", "weight_decay")
+
+
 def _order_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
 
@@ -725,10 +729,24 @@ class Trainer:
             ema_weights = checkpoint.ema if checkpoint.ema is not None else checkpoint.weights
             load_weights(self.ema, ema_weights, path)
         assert checkpoint.state is not None
+        # load_state_dict puts back the saved groups' hyperparameters too; the config's win
+        # (lr is set at every step anyway).
+        wanted = [{k: group[k] for k in _GROUP_SETTINGS} for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(checkpoint.state["optimizer"])
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
             raise CheckpointError(f"cannot restore the optimizer from {path}: {exc}") from None
+        changes: dict[str, str] = {}
+        for group, settings in zip(self.optimizer.param_groups, wanted, strict=True):
+            for key, value in settings.items():
+                saved = tuple(group[key]) if key == "betas" else group[key]
+                if saved != value:
+                    changes.setdefault(key, f"{saved!r} in the checkpoint, {value!r} now")
+            group.update(settings)
+        notes += [
+            f"resuming with optim.{key}: {change}: the optimizer uses the new value"
+            for key, change in changes.items()
+        ]
         _set_rng_state(checkpoint.state["rng"], self.generator)
         # `best` may have improved since `path` was written: by this run before a rollback,
         # or by the final evaluation of a finished run, which follows its final `last`.
