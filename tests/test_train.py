@@ -132,6 +132,22 @@ def test_config_file_round_trip(tmp_path: Path) -> None:
     assert partial.train.steps == 5 and partial.model == get_preset("glow-mnist").model
 
 
+def test_a_config_file_merges_the_model_options_it_holds(tmp_path: Path) -> None:
+    """Like --set model.steps=4, a file with some options keeps the preset's others."""
+    preset = get_preset("glow-digits")
+    (tmp_path / "partial.json").write_text('{"model": {"options": {"steps": 4}}}')
+    config = load_config(tmp_path / "partial.json", base=preset)
+    assert config == apply_overrides(preset, ["model.steps=4"])
+    assert config.model.options == {**preset.model.options, "steps": 4}
+    (tmp_path / "other.json").write_text('{"model": {"name": "nice", "options": {"couplings": 2}}}')
+    assert load_config(tmp_path / "other.json", base=preset).model.options == {"couplings": 2}
+    # A manifest's options are those its run was built with, not merged with its preset's.
+    run = dataclasses.replace(preset, model=dataclasses.replace(preset.model, options={}))
+    manifest = {"train_config": run.to_dict()}
+    (tmp_path / "last.json").write_text(json.dumps(manifest))
+    assert load_config(tmp_path / "last.json").model.options == {}
+
+
 def test_an_unusable_run_folder_fails_before_the_data_is_loaded(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -626,7 +626,10 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
     """Read a config written by :func:`save_config`, or the config of a checkpoint manifest.
 
     Fields the file omits keep the values of ``base``, else of the preset the file names
-    (``"preset"``), else the defaults; so a file may hold only what differs.
+    (``"preset"``), else the defaults; so a file may hold only what differs. That includes
+    the model's options, key by key, while the model stays the same (another model starts
+    from its own defaults); a manifest's options are taken as they are, since they are
+    those its run was built with.
     """
     path = Path(path)
     if not path.is_file():
@@ -635,7 +638,8 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid JSON: {exc}") from None
-    if isinstance(data, Mapping) and "train_config" in data:  # a checkpoint manifest
+    manifest = isinstance(data, Mapping) and "train_config" in data
+    if manifest:
         data = data["train_config"]
     if not isinstance(data, Mapping):
         raise UsageError(f"config file {path} must hold a JSON object")
@@ -644,11 +648,14 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
     merged = base.to_dict()
     for key, value in data.items():
         if key in _SECTIONS and isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            if (
-                key == "model"
-                and value.get("name", merged["model"]["name"]) != merged["model"]["name"]
-            ):
-                merged["model"]["options"] = {}  # another model: its own defaults
+            if key == "model":
+                # The options merge key by key while the model stays the same; another model
+                # starts from its own defaults, and a manifest's options are complete.
+                same = value.get("name", merged["model"]["name"]) == merged["model"]["name"]
+                kept = merged["model"]["options"] if same and not manifest else {}
+                options = value.get("options", {})
+                if isinstance(options, Mapping):  # anything else is refused by from_dict
+                    value = {**value, "options": {**kept, **options}}
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
