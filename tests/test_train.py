@@ -567,6 +567,37 @@ def test_a_run_of_failures_across_two_checks_rolls_back(tmp_path: Path) -> None:
     assert len(rollback) == 1 and "from step 8 to the checkpoint at step 4" in rollback[0]
 
 
+def test_a_resume_continues_a_run_of_failures(tmp_path: Path) -> None:
+    """A checkpoint written inside a run of rejections carries the count: the resumed run
+    rolls back where the uninterrupted one does."""
+    torch.set_default_dtype(torch.float32)
+    sets = ["train.log_every=2", "train.checkpoint_every=4", "train.nan_patience=4"]
+
+    def poisoned(steps: int, resume: bool) -> Trainer:
+        trainer = Trainer(_digits(f"train.steps={steps}", *sets), tmp_path, resume=resume)
+        evaluate = trainer.model.evaluate
+
+        def step_poisoned(x, y=None):  # steps 3 to 6 fail, whichever process runs them
+            out = evaluate(x, y)
+            if trainer.model.training and 3 <= trainer.state.step + 1 <= 6:
+                out.prior_log_prob = out.prior_log_prob * math.nan
+            return out
+
+        trainer.model.evaluate = step_poisoned  # type: ignore[method-assign]
+        return trainer
+
+    poisoned(4, resume=False).fit()  # stops after the checkpoint of step 4, two in a row
+    last = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
+    assert last["train_state"]["rejected_in_a_row"] == 2
+    trainer = poisoned(8, resume=True)
+    trainer.fit()
+    assert trainer.state.rollbacks == 1 and trainer.state.lr_scale == 0.5
+    assert trainer.state.rejected_in_a_row == 0
+    events = [r["message"] for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "event"]
+    assert "rejected step 6: non-finite loss or gradient (4 in a row); no update" in events
+    assert any(m.startswith("rolled back from step 6 to the checkpoint at step 4") for m in events)
+
+
 def test_persistent_failures_stop_with_a_clear_error(tmp_path: Path) -> None:
     torch.set_default_dtype(torch.float32)
     config = _digits("train.steps=5", "train.nan_patience=2", "train.max_rollbacks=2")

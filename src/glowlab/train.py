@@ -123,6 +123,7 @@ class TrainState:
     lr_scale: float = 1.0  # product of the rollback factors applied so far
     rollbacks: int = 0
     rejected: int = 0  # steps rejected for a non-finite loss or gradient, in total
+    rejected_in_a_row: int = 0  # the latest steps' run of rejections, as of the last check
     images_seen: int = 0
     best_bpd: float | None = None
     elapsed_s: float = 0.0  # training wall time, summed over resumes
@@ -482,7 +483,7 @@ class Trainer:
             names.append("class_ce")
         sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
         pending: list[Tensor] = []  # whether each step since the last check was applied
-        count, failures = 0, 0
+        count, failures = 0, self.state.rejected_in_a_row
         t_log = time.perf_counter()
         t_start, elapsed0 = t_log, self.state.elapsed_s
         try:
@@ -522,6 +523,7 @@ class Trainer:
                         f"({failures} in a row); no update",
                         rejected=True,
                     )
+                self.state.rejected_in_a_row = failures  # a checkpoint carries the run on
                 if run >= c.nan_patience:
                     self._rollback(run)
                     failures, count = 0, 0
@@ -592,6 +594,7 @@ class Trainer:
             rollbacks,
             rejected,
         )
+        self.state.rejected_in_a_row = 0  # counted afresh from the checkpoint
         for note in notes:
             self.log.event(self.state.step, note)
         self.log.event(
