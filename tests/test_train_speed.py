@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import glowlab
 import glowlab.speed
 import glowlab.train
+from glowlab import cli
 from glowlab.config import TrainConfig, apply_overrides, get_preset
 from glowlab.data import get_dataset
 from glowlab.distributed import DistributedContext
@@ -129,6 +131,43 @@ def test_tf32_needs_cuda(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"train.precision=tf32 needs a CUDA device"):
         Trainer(_config("train.precision=tf32"), tmp_path)
     assert not (tmp_path / "config.json").exists()  # rejected before writing anything
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["train.compile=true", "train.compile_backend=aot_eagre"],
+            r"train.compile_backend='aot_eagre' is not a torch.compile backend; choose one of "
+            r"aot_eager, .*inductor",
+        ),
+        (
+            ["model.name=realnvp", "model.res_blocks=1", "train.memory_mode=invertible"],
+            r"train.memory_mode=invertible cannot train a model with BatchNormFlow layers.*"
+            r"use train.memory_mode=checkpoint, or model.batch_norm=false",
+        ),
+    ],
+)
+def test_options_this_run_cannot_use_fail_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], message: str
+) -> None:
+    """Refused before the run folder holds anything, so the corrected command can use it."""
+    with pytest.raises(ValueError, match=message):
+        Trainer(_config(*overrides), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()
+    sets = [arg for item in [*TINY, *overrides] for arg in ("--set", item)]
+    command = ["train", "--preset", "glow-digits", "--out", str(tmp_path / "run"), *sets]
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_batch_norm_trains_in_the_checkpoint_memory_mode(tmp_path: Path) -> None:
+    realnvp = ["model.name=realnvp", "model.res_blocks=1", "train.steps=2"]
+    losses, _ = _fit(tmp_path / "checkpoint", *realnvp, "train.memory_mode=checkpoint")
+    reference, _ = _fit(tmp_path / "standard", *realnvp)
+    assert losses == pytest.approx(reference, rel=1e-5)
 
 
 @pytest.mark.parametrize(

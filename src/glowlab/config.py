@@ -132,7 +132,8 @@ class LoopConfig:
     class_weight: float = _field(0.01, "weight of the class cross-entropy (conditional models)")
     dtype: DtypeName = _field("float32", "floating-point type of weights and activations")  # noqa: RUF009
     memory_mode: MemoryModeName = _field(  # noqa: RUF009
-        "standard", "activation memory: standard, invertible, checkpoint"
+        "standard",
+        "activation memory: standard, invertible (not with batch_norm flow layers), checkpoint",
     )
     precision: PrecisionName = _field(  # noqa: RUF009
         "fp32",

@@ -231,6 +231,7 @@ class Trainer:
             )
         except TypeError as exc:
             raise ValueError(f"model config: {exc}") from None
+        _check_memory_mode(self.model, config.train.memory_mode)
         self.model.set_memory_mode(config.train.memory_mode)
         self.channels_last = _use_channels_last(config.train.channels_last, self.model, self.device)
         if self.channels_last:
@@ -910,11 +911,36 @@ def upscale(images: Tensor, min_size: int = 32) -> Tensor:
 
 # -- helpers --------------------------------------------------------------------------------
 def _check_speed_options(c: LoopConfig, device: torch.device) -> None:
-    """Reject fast paths that ``device`` cannot run (the config checks what it alone can)."""
+    """Reject fast paths that ``device`` or this torch cannot run (before anything is written;
+    the config checks what it alone can)."""
     if c.precision == "tf32" and device.type != "cuda":
         raise ValueError(
             f"train.precision=tf32 needs a CUDA device, but this run is on {device.type}; "
             "use train.precision=fp32 (or bf16) there"
+        )
+    if c.compile:
+        import torch._dynamo  # imported here: only compiled runs need it
+
+        try:
+            torch._dynamo.lookup_backend(c.compile_backend)
+        except torch._dynamo.exc.InvalidBackend:
+            names = ", ".join(sorted({*torch._dynamo.list_backends(), "aot_eager", "eager"}))
+            raise ValueError(
+                f"train.compile_backend={c.compile_backend!r} is not a torch.compile backend; "
+                f"choose one of {names} (all: torch._dynamo.list_backends(exclude_tags=()))"
+            ) from None
+
+
+def _check_memory_mode(model: FlowModel, mode: str) -> None:
+    """Reject a memory mode that cannot train ``model`` (before anything is written)."""
+    if mode == "invertible" and any(
+        isinstance(module, BatchNormFlow) for level in model.levels for module in level.modules()
+    ):
+        raise ValueError(
+            "train.memory_mode=invertible cannot train a model with BatchNormFlow layers (in "
+            "training mode they normalise with batch statistics, so their input cannot be "
+            "rebuilt from their output); use train.memory_mode=checkpoint, or "
+            "model.batch_norm=false"
         )
 
 
