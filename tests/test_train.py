@@ -112,6 +112,11 @@ def test_overrides_reach_every_section() -> None:
         ("train.steps", "must look like NAME=VALUE"),
         ("data.n_bits=9", "data.n_bits must be an integer from 1 to 8"),
         ("train.sample_temperatures=[]", "train.sample_temperatures must be a non-empty list"),
+        ("train.sample_temperatures=[0.7, Infinity]", "sample_temperatures must be finite"),
+        ("train.class_weight=Infinity", "train.class_weight must be finite and >= 0, got inf"),
+        ("optim.lr=Infinity", "optim.lr must be finite and > 0, got inf"),
+        ("optim.eps=Infinity", "optim.eps must be finite and > 0, got inf"),
+        ("optim.weight_decay=Infinity", "optim.weight_decay must be finite and >= 0, got inf"),
         ("model.name=nice", None),
     ],
 )

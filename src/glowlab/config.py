@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import os
 import types
 import typing
@@ -567,10 +568,14 @@ def _validate(config: Any, prefix: str) -> None:
         )
     elif isinstance(config, OptimConfig):
         checks += [
-            ("lr", config.lr > 0, "> 0"),
-            ("eps", config.eps > 0, "> 0"),
+            ("lr", math.isfinite(config.lr) and config.lr > 0, "finite and > 0"),
+            ("eps", math.isfinite(config.eps) and config.eps > 0, "finite and > 0"),
             ("betas", all(0 <= b < 1 for b in config.betas), "two numbers in [0, 1)"),
-            ("weight_decay", config.weight_decay >= 0, ">= 0"),
+            (
+                "weight_decay",
+                math.isfinite(config.weight_decay) and config.weight_decay >= 0,
+                "finite and >= 0",
+            ),
             ("warmup_steps", config.warmup_steps >= 0, ">= 0"),
             ("grad_clip", config.grad_clip is None or config.grad_clip > 0, "> 0 or null"),
             (
@@ -586,7 +591,11 @@ def _validate(config: Any, prefix: str) -> None:
         checks += [
             ("eval_every", config.eval_every >= 0, ">= 0"),
             ("sample_every", config.sample_every >= 0, ">= 0"),
-            ("class_weight", config.class_weight >= 0, ">= 0"),
+            (
+                "class_weight",
+                math.isfinite(config.class_weight) and config.class_weight >= 0,
+                "finite and >= 0",
+            ),
             (
                 "max_eval_images",
                 config.max_eval_images is None or config.max_eval_images > 0,
@@ -599,7 +608,11 @@ def _validate(config: Any, prefix: str) -> None:
                 len(config.sample_temperatures) > 0,
                 "a non-empty list (one grid row per temperature, e.g. [0.7, 1.0])",
             ),
-            ("sample_temperatures", all(t >= 0 for t in config.sample_temperatures), ">= 0"),
+            (
+                "sample_temperatures",
+                all(math.isfinite(t) and t >= 0 for t in config.sample_temperatures),
+                "finite and >= 0",
+            ),
             ("compile_backend", bool(config.compile_backend.strip()), "a backend name"),
         ]
         if config.precision != "fp32" and config.dtype != "float32":
