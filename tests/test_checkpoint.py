@@ -40,6 +40,17 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert manifest["model"] == {"name": "glow", "config": model.config}
 
 
+def test_a_model_saved_as_safetensors_loads_by_that_name(tmp_path: Path) -> None:
+    """save("X.safetensors") writes X.json and X-XXXXXXXX.safetensors: load takes the name."""
+    model = _model()
+    assert glowlab.save(model, tmp_path / "model.safetensors") == tmp_path / "model.json"
+    x = torch.rand(4, 1, 8, 8) - 0.5
+    loaded = glowlab.load(tmp_path / "model.safetensors")
+    assert torch.equal(loaded.log_prob(x), model.eval().log_prob(x))
+    with pytest.raises(FileNotFoundError, match=r"other\.safetensors does not exist"):
+        glowlab.load(tmp_path / "other.safetensors")
+
+
 def test_ema_weights_are_the_default(tmp_path: Path) -> None:
     model, ema = _model(), _model()
     path = write_checkpoint(tmp_path / "run", model, ema=ema)

@@ -291,12 +291,16 @@ def find_checkpoint(path: PathLike) -> Path:
     """The manifest (or bare weights file) that ``path`` names.
 
     ``path`` may be a manifest, a weights file, a checkpoint stem, a run folder (its
-    ``checkpoints/last.json``) or a checkpoints folder (its ``last.json``).
+    ``checkpoints/last.json``) or a checkpoints folder (its ``last.json``). A
+    ``STEM.safetensors`` that does not exist names ``STEM.json``, where :func:`save` put
+    the manifest of a model saved under that name.
     """
     path = Path(path)
     candidates = [path]
     if path.is_dir():
         candidates = [path / "checkpoints" / "last.json", path / "last.json"]
+    elif path.suffix == ".safetensors":
+        candidates.append(path.with_suffix(".json"))
     elif path.suffix not in (".json", ".safetensors"):
         candidates += [
             path.with_name(path.name + ".json"),
