@@ -291,6 +291,37 @@ def test_resume_after_sigkill_reproduces_the_losses(tmp_path: Path) -> None:
     assert any(m.startswith("resumed from") and f"step {stopped_at}" in m for m in events)
 
 
+def test_a_resume_continues_the_log_interval(tmp_path: Path) -> None:
+    """A checkpoint between two train records carries the interval's sums: the first record
+    after a resume averages the same steps as the uninterrupted run's."""
+    torch.set_default_dtype(torch.float32)
+    config = _digits("train.steps=12", "train.log_every=4", "train.checkpoint_every=6")
+    Trainer(config, tmp_path / "reference").fit()
+
+    class Killed(Exception):
+        pass
+
+    trainer = Trainer(config, tmp_path / "killed")
+    save = trainer.save_checkpoint
+
+    def save_and_stop(name: str = "last") -> Path:
+        path = save(name)
+        if trainer.state.step == 6:
+            raise Killed
+        return path
+
+    trainer.save_checkpoint = save_and_stop  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        trainer.fit()
+    trainer.log.close()
+    last = json.loads((tmp_path / "killed" / "checkpoints" / "last.json").read_text())
+    assert last["train_state"]["log_count"] == 2  # steps 5 and 6
+    Trainer(config, tmp_path / "killed", resume=True).fit()
+    expected = train_losses(tmp_path / "reference" / "log.jsonl")
+    assert train_losses(tmp_path / "killed" / "log.jsonl") == expected
+    assert sorted(expected) == [4, 8, 12]
+
+
 def test_resume_refuses_another_model(tmp_path: Path, capsys) -> None:
     torch.set_default_dtype(torch.float32)
     Trainer(_digits("train.steps=1"), tmp_path).fit()

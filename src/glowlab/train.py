@@ -124,6 +124,10 @@ class TrainState:
     rollbacks: int = 0
     rejected: int = 0  # steps rejected for a non-finite loss or gradient, in total
     rejected_in_a_row: int = 0  # the latest steps' run of rejections, as of the last check
+    # The log interval under way: the sums of the logged terms over its applied steps, and
+    # their number (a resume continues it, so its record is the uninterrupted run's).
+    log_sums: list[float] = dataclasses.field(default_factory=list)
+    log_count: int = 0
     images_seen: int = 0
     best_bpd: float | None = None
     elapsed_s: float = 0.0  # training wall time, summed over resumes
@@ -482,9 +486,10 @@ class Trainer:
         names = ["loss_bpd", "prior_bpd", "logdet_bpd", "grad_norm"]
         if self.model.conditional:
             names.append("class_ce")
-        sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
+        sums, count = self._log_interval(names)
         pending: list[Tensor] = []  # whether each step since the last check was applied
-        count, failures = 0, self.state.rejected_in_a_row
+        failures = self.state.rejected_in_a_row
+        timed = 0  # applied steps since t_log, for the throughput
         t_log = time.perf_counter()
         t_start, elapsed0 = t_log, self.state.elapsed_s
         try:
@@ -512,7 +517,7 @@ class Trainer:
                 run = failures
                 for offset, ok in enumerate(flags):
                     if ok:
-                        count, failures = count + 1, 0
+                        count, timed, failures = count + 1, timed + 1, 0
                         continue
                     failures += 1
                     run = max(run, failures)
@@ -527,8 +532,8 @@ class Trainer:
                 self.state.rejected_in_a_row = failures  # a checkpoint carries the run on
                 if run >= c.nan_patience:
                     self._rollback(run)
-                    failures, count = 0, 0
-                    sums.zero_()
+                    failures, timed = 0, 0
+                    sums, count = self._log_interval(names)
                     t_log = time.perf_counter()
                     if bar is not None:  # back to the checkpoint's step
                         bar.n = self.state.step
@@ -542,14 +547,16 @@ class Trainer:
                     record.update(
                         dequant_bpd=float(self.config.data.n_bits),
                         lr=self.learning_rate(step - 1),
-                        images_per_s=count * c.batch_size / max(now - t_log, 1e-9),
+                        images_per_s=timed * c.batch_size / max(now - t_log, 1e-9),
                         epoch=self.state.epoch,
                     )
                     self.log.write("train", step, **record)
                     if bar is not None:
                         bar.set_postfix(bpd=f"{record['loss_bpd']:.3f}", lr=f"{record['lr']:.1e}")
                     sums.zero_()
-                    count, t_log = 0, now
+                    count, timed, t_log = 0, 0, now
+                self.state.log_sums = term_sums if count else []
+                self.state.log_count = count
                 self.state.elapsed_s = elapsed0 + time.perf_counter() - t_start
                 if c.eval_every and step % c.eval_every == 0 and step < c.steps:
                     self._evaluate_and_log(final=False)
@@ -574,6 +581,15 @@ class Trainer:
             "checkpoint": checkpoint,
             "elapsed_s": self.state.elapsed_s,
         }
+
+    def _log_interval(self, names: list[str]) -> tuple[Tensor, int]:
+        """The sums of the logged terms and the count of the interval in the state (on the
+        device), or an empty interval."""
+        sums = torch.zeros(len(names), device=self.device, dtype=torch.float64)
+        if self.state.log_count and len(self.state.log_sums) == len(names):
+            sums += torch.tensor(self.state.log_sums, dtype=torch.float64).to(self.device)
+            return sums, self.state.log_count
+        return sums, 0
 
     def _rollback(self, failures: int) -> None:
         c = self.config.train
