@@ -438,6 +438,26 @@ def test_best_checkpoint_needs_a_finite_figure_and_survives_a_rollback(tmp_path:
     assert trainer.state.rollbacks == 1 and trainer.state.best_bpd == 5.0
 
 
+def test_the_log_is_strict_json_when_a_figure_is_not_finite(tmp_path: Path) -> None:
+    """JSON has no NaN: a non-finite figure is written as null and read back as NaN."""
+    torch.set_default_dtype(torch.float32)
+    trainer = Trainer(_digits("train.steps=1"), tmp_path)
+    figures = iter([(math.nan, math.inf)])
+    trainer.evaluate = lambda: EvalResult(*next(figures), -math.inf, 1.0, 1, 1)  # type: ignore[method-assign]
+    trainer._evaluate_and_log(final=False)
+    trainer.log.close()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    raw = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert [r["test_bpd"] for r in raw if r["kind"] == "eval"] == [None]
+    (record,) = [r for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "eval"]
+    assert all(math.isnan(record[k]) for k in ("test_bpd", "test_bpd_sem", "prior_bpd"))
+    assert record["logdet_bpd"] == 1.0 and record["accuracy"] is None
+
+
 def test_cuda_rng_states_restore_on_the_devices_there_are(monkeypatch) -> None:
     generator = torch.Generator()
     state = _rng_state(generator)
