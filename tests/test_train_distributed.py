@@ -18,11 +18,13 @@ import torch.distributed as dist
 
 import glowlab.train
 from conftest import train_losses
+from glowlab.checkpoint import read_checkpoint
 from glowlab.config import TrainConfig, apply_overrides, get_preset
+from glowlab.data import get_dataset
 from glowlab.distributed import barrier, cleanup
 from glowlab.models import FlowModel
 from glowlab.runlog import read_log
-from glowlab.train import Trainer
+from glowlab.train import Trainer, evaluate_bits_per_dim
 from glowlab.transforms import ActNorm
 from ranks import set_rank_env, spawn_ranks
 
@@ -181,3 +183,54 @@ def test_only_rank_zero_writes(two_processes: Path) -> None:
     assert sum(m.startswith("resumed from") for m in events) == 1
     assert (two_processes / "run" / "checkpoints" / "best.json").is_file()
     assert (two_processes / "run" / "samples" / f"step-{TOTAL:07d}.png").is_file()
+
+
+BATCH_NORM = [  # after SETTINGS: RealNVP with batch_norm=true, its default
+    "model.name=realnvp",
+    "model.res_blocks=1",
+    "train.steps=3",
+]
+
+
+def _batch_norm_config() -> TrainConfig:
+    return apply_overrides(get_preset("glow-digits"), [*SETTINGS, *BATCH_NORM])
+
+
+def _batch_norm_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    set_rank_env(rank, world_size, port)
+    torch.set_num_threads(1)
+    trainer = Trainer(_batch_norm_config(), Path(out_dir) / "run")
+    result = trainer.fit()
+    stats = {
+        name: {k: v for k, v in model.state_dict().items() if "running" in k}
+        for name, model in (("model", trainer.model), ("ema", trainer.eval_model))
+    }
+    torch.save({"stats": stats, "bpd": result["test_bpd"]}, Path(out_dir) / f"bn{rank}.pt")
+    barrier()
+    cleanup()
+
+
+def test_evaluation_uses_rank_zeros_batch_norm_statistics(tmp_path: Path) -> None:
+    """Each process updates batch norm's running statistics with its own share; evaluation
+    and checkpoints must see rank 0's, so that the logged test bits/dim is the checkpoint's."""
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    spawn_ranks(_batch_norm_worker, 2, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"bn{rank}.pt") for rank in (0, 1)]
+    for name in ("model", "ema"):
+        mine, theirs = ranks[0]["stats"][name], ranks[1]["stats"][name]
+        assert mine and mine.keys() == theirs.keys()
+        for key, value in mine.items():
+            assert torch.equal(value, theirs[key]), (name, key)
+    # The saved checkpoint, evaluated in one process with the same noise, gives the figure.
+    config = _batch_norm_config()
+    model = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.json").build_model("ema")
+    one = evaluate_bits_per_dim(
+        model.double(),
+        get_dataset("digits", "test").images,
+        n_bits=config.data.n_bits,
+        batch_size=config.train.eval_batch_size,
+        max_images=config.train.max_eval_images,
+        seed=config.seed,
+    )
+    assert ranks[0]["bpd"] == ranks[1]["bpd"] == pytest.approx(one.bpd, rel=1e-12)

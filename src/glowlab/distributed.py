@@ -62,6 +62,7 @@ __all__ = [
     "Evaluate",
     "all_reduce_mean",
     "barrier",
+    "broadcast_from_main",
     "cleanup",
     "gather_cat",
     "is_distributed",
@@ -237,6 +238,14 @@ def gather_cat(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+
+def broadcast_from_main(tensors: list[Tensor]) -> None:
+    """Overwrite each of ``tensors`` with rank 0's, in place (no-op when not distributed)."""
+    if not is_distributed():
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor, src=0)
 
 
 def barrier() -> None:

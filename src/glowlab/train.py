@@ -86,6 +86,7 @@ from .distributed import (
     DistributedContext,
     all_reduce_mean,
     barrier,
+    broadcast_from_main,
     gather_cat,
     setup_distributed,
     wrap_model,
@@ -634,9 +635,11 @@ class Trainer:
 
         It runs in the training precision (with ``bf16``, the coupling networks in bfloat16
         and everything else in float32). Under ``torchrun`` every process must call it: the
-        test batches are dealt out among them and the results gathered.
+        test batches are dealt out among them and the results gathered, every process using
+        rank 0's batch-norm statistics (those that its checkpoints hold).
         """
         c = self.config.train
+        self._share_running_stats()
         return evaluate_bits_per_dim(
             self.eval_model,
             self.test_images,
@@ -701,6 +704,7 @@ class Trainer:
         weights, optimizer state and data position) and the others wait for it.
         """
         path = self.checkpoint_dir / f"{name}.json"
+        self._share_running_stats()
         if self.ctx.is_main:
             state = {
                 "optimizer": self.optimizer.state_dict(),
@@ -717,6 +721,17 @@ class Trainer:
             )
         barrier()
         return path
+
+    def _share_running_stats(self) -> None:
+        """Give every process rank 0's batch-norm statistics, the model's and the EMA's.
+
+        Each process updates them with its own share of the batch, and DistributedDataParallel
+        hands rank 0's to the others only at the next forward pass: without this, the
+        processes would evaluate statistics that no checkpoint holds (rank 0 writes its own).
+        """
+        if self.ctx.distributed:
+            ema_stats = _running_stats(self.ema) if self.ema is not None else []
+            broadcast_from_main([*self._running_stats, *ema_stats])
 
     def _restore(self, path: Path, check_config: bool) -> list[str]:
         """Load the checkpoint ``path`` into the trainer; returns notes for the log.
