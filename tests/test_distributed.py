@@ -132,6 +132,14 @@ def test_shard_indices_partition_each_global_batch() -> None:
     assert torch.equal(shard_indices(n, 0, world, 1, 4), shards[0])  # deterministic
 
 
+def test_shard_indices_take_any_integer_seed() -> None:
+    """A seed as large as time.time_ns() works, and a seed that fitted keeps its order."""
+    big = shard_indices(10, 0, 2, seed=1_795_654_073_288_126_499)
+    assert sorted(big.tolist()) == big.unique().tolist() and len(big) == 5
+    expected = torch.randperm(10, generator=torch.Generator().manual_seed(-3 * 1_000_003 + 2))
+    assert torch.equal(shard_indices(10, 1, 2, seed=-3, epoch=2), expected[1::2])
+
+
 def test_shard_indices_padding_and_errors() -> None:
     shards = [shard_indices(10, r, 4, drop_last=False) for r in range(4)]
     assert all(len(s) == 3 for s in shards)

@@ -198,7 +198,9 @@ def shard_indices(
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    # Reduced to the generator's 64 bits, so any integer seed works (time.time_ns(), a
+    # hash); torch takes a seed modulo 2**64 already, so the seeds that fitted keep their order.
+    generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % 2**64)
     perm = torch.randperm(n, generator=generator)
     if drop_last:
         perm = perm[: n - n % world_size]
