@@ -345,6 +345,39 @@ def test_resume_refuses_another_model(tmp_path: Path, capsys) -> None:
         Trainer(_digits(), tmp_path / "empty", resume=True)
 
 
+def test_two_runs_cannot_share_a_run_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A Trainer claims its folder until fit ends; a fresh run checks for a run again once it
+    holds the claim, since another may have started (and ended) there since its first check."""
+    torch.set_default_dtype(torch.float32)
+    first = Trainer(_digits("train.steps=1"), tmp_path / "run")
+    with pytest.raises(ValueError, match="is in use by another run"):
+        Trainer(_digits("train.steps=2"), tmp_path / "run", resume=True)
+    capsys.readouterr()
+    resume = ["train", "--out", str(tmp_path / "run"), "--resume", "--no-progress"]
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is in use by another run" in err
+    first.fit()
+    Trainer(_digits("train.steps=2"), tmp_path / "run", resume=True).fit()  # released
+
+    import glowlab.data
+
+    get_dataset = glowlab.data.get_dataset
+    raced: list[bool] = []
+
+    def another_run_meanwhile(*args, **kwargs):
+        if not raced:  # while this run loads its data, another starts and ends in the folder
+            raced.append(True)
+            Trainer(_digits("train.steps=1"), tmp_path / "race").fit()
+        return get_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(glowlab.data, "get_dataset", another_run_meanwhile)
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(_digits("seed=5"), tmp_path / "race")
+    assert raced  # and the other run's files are as it left them:
+    assert json.loads((tmp_path / "race" / "config.json").read_text())["seed"] != 5
+
+
 def test_resume_notes_changes_that_break_exact_resume(tmp_path: Path) -> None:
     torch.set_default_dtype(torch.float32)
     Trainer(_digits("train.steps=1"), tmp_path).fit()
@@ -361,8 +394,8 @@ def test_resume_takes_the_optimizer_settings_from_the_config(tmp_path: Path) -> 
     values must replace them, or config.json would describe settings that are not used."""
     torch.set_default_dtype(torch.float32)
     Trainer(_digits("train.steps=1"), tmp_path).fit()
-    same = Trainer(_digits("train.steps=2"), tmp_path, resume=True)
-    assert same.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    same = Trainer(_digits("train.steps=2"), tmp_path, resume=True).optimizer.param_groups[0]
+    assert same["betas"] == (0.9, 0.999)
     changed = ["optim.betas=[0.5, 0.6]", "optim.eps=0.1", "optim.weight_decay=0.5"]
     trainer = Trainer(_digits("train.steps=2", *changed), tmp_path, resume=True)
     group = trainer.optimizer.param_groups[0]

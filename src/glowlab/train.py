@@ -66,7 +66,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -173,7 +173,9 @@ class Trainer:
     ``checkpoints/`` (``last`` and ``best``), ``samples/`` and, when TensorBoard is
     installed, ``tensorboard/``. With ``resume=True`` the run continues from
     ``checkpoints/last.json``; its model section, dataset and optimizer must match
-    ``config``, and the EMA weights follow ``config.optim.ema_decay``.
+    ``config``, and the EMA weights follow ``config.optim.ema_decay``. From its creation
+    to the end of :meth:`fit` it holds a lock on ``out_dir/.lock``, so a second run into
+    the same folder is refused.
     """
 
     def __init__(
@@ -190,9 +192,8 @@ class Trainer:
         if resume and not last.is_file():
             raise FileNotFoundError(f"cannot resume: {last} does not exist")
         if not resume and last.is_file():
-            raise ValueError(
-                f"{self.out_dir} already holds a run; resume it (--resume) or choose another folder"
-            )
+            raise _already_a_run(self.out_dir)
+        self._claim: IO[str] | None = None  # the lock on the run folder, while the run is on
         device = resolve_device(config.device)
         _check_speed_options(config.train, device)
         self.ctx = _process_context(device)
@@ -272,6 +273,12 @@ class Trainer:
             notes = self._restore(last, check_config=True)
         self.log: RunLog | _SilentLog = _SilentLog()
         if self.ctx.is_main:  # one process writes the run folder
+            # Claimed before its first write, and checked again once claimed: two runs
+            # started at once into one folder both passed the check above.
+            self._claim = _claim_run_folder(self.out_dir)
+            if not resume and last.is_file():
+                self._release_run_folder()
+                raise _already_a_run(self.out_dir)
             save_config(config, self.out_dir / "config.json")
             tb = str(self.out_dir / "tensorboard") if config.train.tensorboard else None
             self.log = RunLog(self.out_dir / "log.jsonl", tensorboard_dir=tb)
@@ -481,7 +488,23 @@ class Trainer:
         return terms
 
     def fit(self) -> dict[str, Any]:
-        """Train until ``train.steps``; returns the final test evaluation and paths."""
+        """Train until ``train.steps``; returns the final test evaluation and paths.
+
+        The run folder is claimed from the Trainer's creation to the end of ``fit`` (or until
+        the Trainer is garbage-collected): another Trainer, in this process or another, is
+        refused it meanwhile.
+        """
+        try:
+            return self._fit()
+        finally:
+            self._release_run_folder()
+
+    def _release_run_folder(self) -> None:
+        if self._claim is not None:
+            self._claim.close()  # closing the file releases its lock
+            self._claim = None
+
+    def _fit(self) -> dict[str, Any]:
         c = self.config.train
         bar = self._bar = _progress_bar(c.progress and self.ctx.is_main, c.steps, self.state.step)
         names = ["loss_bpd", "prior_bpd", "logdet_bpd", "grad_norm"]
@@ -1052,6 +1075,37 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state(numpy_state)  # noqa: NPY002
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def _already_a_run(folder: Path) -> ValueError:
+    return ValueError(
+        f"{folder} already holds a run; resume it (--resume) or choose another folder"
+    )
+
+
+def _claim_run_folder(folder: Path) -> IO[str] | None:
+    """An exclusive lock on ``folder/.lock``, held until the returned file is closed.
+
+    Raises ValueError when another run holds it. Where there are no advisory locks (no
+    ``fcntl``, or a filesystem without them) the folder is not claimed.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(folder / ".lock", "a")  # held open for the run's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(
+            f"{folder} is in use by another run (a Trainer, in this process or another, holds "
+            f"{folder / '.lock'}); wait for it to end or choose another folder"
+        ) from None
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 def _check_writable_folder(folder: Path) -> None:
