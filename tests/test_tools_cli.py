@@ -11,26 +11,40 @@ import torch
 
 import glowlab
 from glowlab.cli import main
+from glowlab.imageio import source_settings
 from glowlab.latent import load_direction
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _checkpoint(folder: Path, num_classes: int | None) -> str:
+def _checkpoint(folder: Path, num_classes: int | None, side: int = 8, name: str = "") -> str:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)  # checkpoints are float32, as training writes them
     try:
         model = glowlab.Glow(
-            (1, 8, 8), levels=2, steps=1, hidden_channels=8, num_classes=num_classes
+            (1, side, side), levels=2, steps=1, hidden_channels=8, num_classes=num_classes
         )
         model.train()
         with torch.no_grad():
             y = None if num_classes is None else torch.randint(num_classes, (16,))
-            model.evaluate(torch.rand(16, 1, 8, 8) - 0.5, y)
+            model.evaluate(torch.rand(16, 1, side, side) - 0.5, y)
     finally:
         torch.set_default_dtype(previous)
-    name = "conditional" if num_classes else "plain"
+    name = name or ("conditional" if num_classes else "plain")
     return str(glowlab.save(model.eval(), folder / name))
+
+
+def _trained_on(checkpoint: str, folder: Path, stem: str, **data: object) -> str:
+    """A copy of ``checkpoint``'s manifest in ``folder`` whose training config records ``data``."""
+    manifest = Path(checkpoint)
+    copy = folder / f"{stem}.json"
+    entries = json.loads(manifest.read_text())
+    entries["train_config"] = {"data": data}
+    copy.write_text(json.dumps(entries))
+    weights = manifest.parent / entries["weights"]["file"]
+    if not (folder / weights.name).exists():
+        (folder / weights.name).write_bytes(weights.read_bytes())
+    return str(copy)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +56,15 @@ def files(tmp_path_factory) -> dict[str, str]:
     np.savez(folder / "data.npz", images=images, labels=labels)
     np.savez(folder / "unlabelled.npz", images=images)
     np.savez(folder / "big.npz", images=rng.integers(0, 256, size=(6, 12, 12, 1), dtype=np.uint8))
+    # A model of digits padded to 12x12, as a run with data.image_size=12 trains it.
+    padded = _trained_on(
+        _checkpoint(folder, None, 12, "padded-weights"), folder, "padded",
+        name="digits", image_size=12, n_bits=8,
+    )  # fmt: skip
     return {
         "conditional": _checkpoint(folder, 3),
         "plain": _checkpoint(folder, None),
+        "padded": padded,
         "data": str(folder / "data.npz"),
         "unlabelled": str(folder / "unlabelled.npz"),
         "big": str(folder / "big.npz"),
@@ -223,16 +243,9 @@ def test_attribute_csv_that_names_only_some_images_is_an_error(files, tmp_path, 
 
 
 def test_reconstruct_compares_at_the_models_bit_depth(files, tmp_path, capsys) -> None:
-    manifest = Path(files["plain"])
-    five_bit = tmp_path / "five.json"
-    data = json.loads(manifest.read_text())
-    data["train_config"] = {"data": {"n_bits": 5}}
-    five_bit.write_text(json.dumps(data))
-    for entry in manifest.parent.iterdir():  # the weights the manifest lists, beside it
-        if entry.suffix == ".safetensors":
-            (tmp_path / entry.name).write_bytes(entry.read_bytes())
+    five_bit = _trained_on(files["plain"], tmp_path, "five", n_bits=5)
     code, text, _ = _run(
-        capsys, "reconstruct", str(five_bit), files["data"], "--out", str(tmp_path / "r.png")
+        capsys, "reconstruct", five_bit, files["data"], "--out", str(tmp_path / "r.png")
     )
     assert code == 0
     assert "grey levels of 3.125e-02" in text  # the model's 5 bits, not the images' 8
@@ -271,3 +284,38 @@ def test_interpolate_rejects_negative_indices(files, tmp_path, capsys) -> None:
         "--out", str(tmp_path / "i.png"),
     )  # fmt: skip
     assert code == 2 and "non-negative" in err
+
+
+def test_the_training_dataset_is_read_at_the_training_size(files, tmp_path, capsys) -> None:
+    # digits are 8x8; the model was trained on them padded to 12x12.
+    for command, *options in (
+        ["reconstruct", "--count", "2"],
+        ["compress", "--count", "2"],
+        ["interpolate", "--indices", "0", "1", "--steps", "3"],
+        ["restore", "--count", "2", "--steps", "1", "--task", "denoise"],
+    ):
+        code, _, err = _run(
+            capsys, command, files["padded"], "Digits:test", *options,
+            "--out", str(tmp_path / f"{command}.png"),
+        )  # fmt: skip
+        assert code == 0, err
+    code, text, _ = _run(
+        capsys, "manipulate", files["padded"], "digits:test", "--from", "digits:train",
+        "--positive", "0", "--negative", "1", "--count", "2", "--out", str(tmp_path / "m.png"),
+    )  # fmt: skip
+    assert code == 0 and "alpha = 0" in text
+    # Other images, and an explicit --fit none, still have to match the model.
+    code, _, err = _run(capsys, "reconstruct", files["padded"], "digits:test", "--fit", "none")
+    assert code == 2 and "pass --fit pad or --fit resize" in err
+    code, _, err = _run(capsys, "reconstruct", files["plain"], files["big"])
+    assert code == 2 and "pass --fit pad or --fit resize" in err
+
+
+def test_source_settings_follow_the_training_config() -> None:
+    trained = {"name": "mnist", "data_dir": "/data", "image_size": 32}
+    assert source_settings("MNIST:test", "auto", None, trained) == ("none", "/data", 32)
+    assert source_settings("mnist:train", "auto", "mine", trained) == ("none", "mine", 32)
+    assert source_settings("mnist:test", "pad", None, trained) == ("pad", "/data", None)
+    assert source_settings("digits:test", "auto", None, trained) == ("none", None, None)
+    assert source_settings("digits:test", "auto", None, trained, "pad") == ("pad", None, None)
+    assert source_settings("mnist:test", "auto", None, {}) == ("none", None, None)

@@ -11,6 +11,10 @@ An image source (the ``IMAGES`` argument of the latent-space commands) is one of
   whose images sit in sub-folders gets one class per sub-folder (sorted names), so a folder
   per attribute value is a labelled dataset. Images must all have the same size.
 
+The commands bring the images to the model's shape as ``--fit`` says. Its default, ``auto``,
+reads the dataset the checkpoint was trained on as in training (MNIST padded to 32x32 for a
+``glow-mnist`` model, say) and leaves other images as they are.
+
 Example:
     >>> import torch
     >>> fit_images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), (3, 32, 32), "pad").shape
@@ -26,7 +30,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,9 +45,11 @@ __all__ = [
     "LUMA",
     "FitMode",
     "ImageSet",
+    "SourceFit",
     "add_output_arguments",
     "add_source_arguments",
     "check_image_shape",
+    "dataset_name",
     "fit_images",
     "images_for",
     "labels_for",
@@ -52,11 +58,15 @@ __all__ = [
     "luminance",
     "read_attribute_table",
     "save_rows",
+    "source_settings",
     "to_gray",
     "to_model_input",
+    "training_data",
 ]
 
 FitMode = Literal["none", "pad", "resize"]
+#: ``--fit``: a :data:`FitMode`, or ``"auto"`` (see :func:`source_settings`).
+SourceFit = Literal["auto", "none", "pad", "resize"]
 
 _IMAGE_SUFFIXES = (
     ".png",
@@ -105,8 +115,13 @@ def load_images(
     source: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None,
+    image_size: int | None = None,
 ) -> ImageSet:
-    """Read an image source (see the module docstring); keep the first ``limit`` images."""
+    """Read an image source (see the module docstring); keep the first ``limit`` images.
+
+    ``image_size`` is passed to :func:`glowlab.data.get_dataset` when the source is a
+    dataset (None: its native size); files keep their size.
+    """
     text = str(source)
     path = Path(text).expanduser()
     if path.suffix.lower() == ".npz":
@@ -118,7 +133,7 @@ def load_images(
             f"cannot read images from {path}: use a .npz file, image files or a folder"
         )
     else:
-        result = _load_dataset(text, data_dir)
+        result = _load_dataset(text, data_dir, image_size)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"the number of images must be positive, got {limit}")
@@ -128,7 +143,20 @@ def load_images(
     return result
 
 
-def _load_dataset(spec: str, data_dir: str | os.PathLike[str] | None) -> ImageSet:
+def dataset_name(source: str | os.PathLike[str]) -> str | None:
+    """The canonical dataset name of a ``NAME[:SPLIT]`` source; None for files and folders."""
+    from .data import canonical_name
+
+    path = Path(str(source)).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".npz" or suffix in _IMAGE_SUFFIXES or path.exists():
+        return None
+    return canonical_name(str(source).partition(":")[0])
+
+
+def _load_dataset(
+    spec: str, data_dir: str | os.PathLike[str] | None, image_size: int | None = None
+) -> ImageSet:
     from .data import canonical_name, dataset_names, get_dataset
 
     given, _, split = spec.partition(":")
@@ -138,7 +166,7 @@ def _load_dataset(spec: str, data_dir: str | os.PathLike[str] | None) -> ImageSe
             f"{spec!r} is neither a file nor a folder nor a dataset; datasets are "
             f"{', '.join(dataset_names())} (as NAME or NAME:SPLIT)"
         )
-    dataset = get_dataset(name, split or "test", data_dir=data_dir)
+    dataset = get_dataset(name, split or "test", data_dir=data_dir, image_size=image_size)
     names = list(getattr(dataset, "filenames", None) or []) or [
         f"{name}:{split or 'test'}[{i}]" for i in range(len(dataset.images))
     ]
@@ -342,8 +370,14 @@ def _truth(value: str, path: Path, line: int) -> bool:
 
 
 # -- helpers shared by the latent-space commands -------------------------------------------
-def add_source_arguments(parser: argparse.ArgumentParser, images: bool = True) -> None:
-    """The checkpoint and image-source arguments every latent-space command takes."""
+def add_source_arguments(
+    parser: argparse.ArgumentParser, images: bool = True, otherwise: FitMode = "none"
+) -> None:
+    """The checkpoint and image-source arguments every latent-space command takes.
+
+    ``otherwise`` is what ``--fit auto`` does to a source that is not the checkpoint's
+    training dataset (see :func:`source_settings`); it only changes the help text.
+    """
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",
@@ -356,12 +390,19 @@ def add_source_arguments(parser: argparse.ArgumentParser, images: bool = True) -
             help="images: a dataset NAME or NAME:SPLIT (e.g. mnist:test), an .npz file with "
             "'images' (and 'labels'), an image file, or a folder of images",
         )
-    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder holding the dataset files (None: for the dataset the checkpoint was "
+        "trained on, the folder its run recorded)",
+    )
     parser.add_argument(
         "--fit",
-        choices=("none", "pad", "resize"),
-        default="none",
-        help="convert images to the model's shape: pad/crop the centre or resize (and gray<->RGB)",
+        choices=("auto", "none", "pad", "resize"),
+        default="auto",
+        help="convert images to the model's shape: pad/crop the centre or resize (and "
+        "gray<->RGB); auto reads the dataset the checkpoint was trained on as in training and "
+        + ("pads other images" if otherwise == "pad" else "leaves other images as they are"),
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -375,30 +416,85 @@ def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
 
 
+def training_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``data`` section of the training config a checkpoint records; ``{}`` without one.
+
+    ``path`` is what :func:`glowlab.checkpoint.find_checkpoint` accepts. Training writes the
+    config into the manifest; a weights file read alone and a bare model saved with
+    :func:`glowlab.save` record none.
+    """
+    from .checkpoint import find_checkpoint
+
+    manifest = find_checkpoint(path)
+    if manifest.suffix != ".json":
+        return {}
+    try:
+        data = json.loads(manifest.read_text())["train_config"]["data"]
+    except (KeyError, TypeError, ValueError):  # ValueError: not JSON
+        return {}
+    return dict(data) if isinstance(data, dict) else {}
+
+
 def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[FlowModel, int]:
     """The model of a checkpoint and the bit depth it was trained at (8 when not recorded)."""
-    from .checkpoint import find_checkpoint, load
+    from .checkpoint import load
 
     model = load(path, map_location=device)
-    n_bits = 8
-    manifest = find_checkpoint(path)
-    if manifest.suffix == ".json":
-        try:
-            n_bits = int(json.loads(manifest.read_text())["train_config"]["data"]["n_bits"])
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError):
-            n_bits = 8
+    try:
+        n_bits = int(training_data(path).get("n_bits", 8))
+    except (TypeError, ValueError):
+        n_bits = 8
     return model, n_bits
+
+
+def source_settings(
+    source: str,
+    fit: SourceFit,
+    data_dir: str | None,
+    trained: dict[str, Any],
+    otherwise: FitMode = "none",
+) -> tuple[FitMode, str | None, int | None]:
+    """``(fit, data_dir, image_size)`` to read ``source`` with, for :func:`load_images`.
+
+    The dataset the checkpoint was trained on (``trained``, the data section of its training
+    config, see :func:`training_data`) is read from the recorded folder unless ``data_dir``
+    is given, like ``glowlab eval`` does, and with ``fit="auto"`` at the recorded image size,
+    as in training. ``"auto"`` fits any other source with ``otherwise``; the other modes
+    apply to every source as they are.
+
+    Example:
+        >>> source_settings("MNIST:test", "auto", None, {"name": "mnist", "image_size": 32})
+        ('none', None, 32)
+        >>> source_settings("digits:test", "auto", None, {"name": "mnist", "image_size": 32})
+        ('none', None, None)
+    """
+    from .data import canonical_name
+
+    name = dataset_name(source)
+    recorded = trained.get("name")
+    if name is None or not isinstance(recorded, str) or canonical_name(recorded) != name:
+        return otherwise if fit == "auto" else fit, data_dir, None
+    folder = trained.get("data_dir") if data_dir is None else data_dir
+    if fit != "auto":
+        return fit, folder, None
+    return "none", folder, trained.get("image_size")
 
 
 def images_for(
     model: FlowModel,
     source: str,
     data_dir: str | None,
-    fit: FitMode,
+    fit: SourceFit,
     limit: int | None = None,
+    trained: dict[str, Any] | None = None,
+    otherwise: FitMode = "none",
 ) -> ImageSet:
-    """Read ``source`` and convert (``fit``) or check its images against the model's shape."""
-    return fit_image_set(model, load_images(source, data_dir, limit), source, fit)
+    """Read ``source`` and convert (``fit``) or check its images against the model's shape.
+
+    ``trained`` and ``otherwise`` are for ``fit="auto"``; see :func:`source_settings`.
+    """
+    fit, data_dir, image_size = source_settings(source, fit, data_dir, trained or {}, otherwise)
+    return fit_image_set(model, load_images(source, data_dir, limit, image_size), source, fit)
 
 
 def fit_image_set(model: FlowModel, image_set: ImageSet, source: str, fit: FitMode) -> ImageSet:
@@ -443,6 +539,8 @@ class CommandInputs:
     images: ImageSet
     y: Tensor | None
     x: Tensor
+    #: The data section of the checkpoint's training config ({} when it records none).
+    trained: dict[str, Any]
 
 
 def command_inputs(args: argparse.Namespace, indices: Sequence[int] | None = None) -> CommandInputs:
@@ -455,15 +553,16 @@ def command_inputs(args: argparse.Namespace, indices: Sequence[int] | None = Non
     """
     torch.manual_seed(args.seed)
     model, n_bits = load_model(args.checkpoint, args.device)
+    trained = training_data(args.checkpoint)
     count = args.count if indices is None else max(indices) + 1
-    image_set = images_for(model, args.images, args.data_dir, args.fit, count)
+    image_set = images_for(model, args.images, args.data_dir, args.fit, count, trained)
     if indices is not None:
         if max(indices) >= len(image_set):
             raise ValueError(f"--indices must be in [0, {len(image_set) - 1}] for {args.images}")
         image_set = image_set.subset(torch.tensor(indices))
     y = labels_for(model, image_set, args.label)
     return CommandInputs(
-        model, n_bits, image_set, y, to_model_input(model, image_set.images, n_bits)
+        model, n_bits, image_set, y, to_model_input(model, image_set.images, n_bits), trained
     )
 
 

@@ -18,6 +18,7 @@ from ..imageio import (
     load_images,
     read_attribute_table,
     save_rows,
+    source_settings,
     to_model_input,
 )
 from ..latent import attribute_direction, load_direction, manipulate, save_direction
@@ -145,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         direction = load_direction(args.direction)
     else:
         source = args.source or args.images
-        labelled = load_images(source, args.data_dir)
+        fit, data_dir, image_size = source_settings(source, args.fit, args.data_dir, inputs.trained)
+        labelled = load_images(source, data_dir, image_size=image_size)
         positive, negative, name = _split(labelled, args)
         positive, negative = positive.bool(), negative.bool()
         for what, mask in (("with", positive), ("without", negative)):
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 model,
                 labelled.subset(torch.nonzero(m).ravel()[: args.max_images]),
                 source,
-                args.fit,
+                fit,
             )
             for m in (positive, negative)
         )
