@@ -319,3 +319,15 @@ def test_source_settings_follow_the_training_config() -> None:
     assert source_settings("digits:test", "auto", None, trained) == ("none", None, None)
     assert source_settings("digits:test", "auto", None, trained, "pad") == ("pad", None, None)
     assert source_settings("mnist:test", "auto", None, {}) == ("none", None, None)
+
+
+def test_ood_fits_the_in_distribution_and_reference_sets(files, tmp_path, capsys) -> None:
+    # The training dataset as in training; other sets, --in and --reference included, padded.
+    for inliers, reference in (("digits:test", None), (files["data"], files["unlabelled"])):
+        argv = ["ood", files["padded"], "--in", inliers, "--outliers", "noise", files["big"],
+                "--count", "20", "--plot", str(tmp_path / "o.png")]  # fmt: skip
+        code, text, err = _run(capsys, *argv, *(["--reference", reference] if reference else []))
+        assert code == 0, err
+        assert f"typicality entropy H from {reference or 'digits:train'}" in text
+    code, _, err = _run(capsys, "ood", files["padded"], "--in", "digits:test", "--fit", "none")
+    assert code == 2 and "pass --fit pad or --fit resize" in err

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..data import canonical_name
-from ..imageio import FitMode, add_source_arguments, images_for, load_model
+from ..imageio import add_source_arguments, images_for, load_model, training_data
 from ..images import save_png
 from ..models import FlowModel
 from ..ood import SCORES, noise_images, ood_scores
@@ -22,15 +23,17 @@ DESCRIPTION = (
     "--reference images (Nalisnick et al. 2019b), and by input complexity bits/dim - PNG "
     "bits/dim (Serra et al. 2020), and print each score's AUROC (1: outliers always score "
     "higher, 0.5: chance, below 0.5: the score ranks outliers as more in-distribution). "
-    "Outliers are converted to the model's shape with --fit (pad: MNIST centred at 32x32 and "
-    "replicated to RGB). The PNG stacks one histogram per score: the in-distribution set in "
+    "Every set is brought to the model's shape with --fit: by default (auto) the dataset the "
+    "checkpoint was trained on is read as in training and the others are padded (pad: MNIST "
+    "centred at 32x32 and replicated to RGB). The PNG stacks one histogram per score: the "
+    "in-distribution set in "
     "blue, then the outlier sets in orange, green, red and purple, in the order given."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_source_arguments(parser, images=False)
-    parser.set_defaults(fit="pad")  # outliers such as MNIST rarely have the model's shape
+    # Outliers such as MNIST rarely have the model's shape.
+    add_source_arguments(parser, images=False, otherwise="pad")
     parser.add_argument(
         "--in", dest="inliers", required=True, help="in-distribution test images, e.g. cifar10:test"
     )
@@ -56,20 +59,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _images(source: str, model: FlowModel, args: argparse.Namespace, fit: FitMode) -> torch.Tensor:
+def _images(
+    source: str, model: FlowModel, args: argparse.Namespace, trained: dict[str, Any]
+) -> torch.Tensor:
     if source == "noise":
         generator = torch.Generator().manual_seed(args.seed)
         return noise_images(args.count, tuple(model.image_shape), generator)
-    return images_for(model, source, args.data_dir, fit, args.count).images
+    return images_for(model, source, args.data_dir, args.fit, args.count, trained, "pad").images
 
 
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model, n_bits = load_model(args.checkpoint, args.device)
-    inliers = _images(args.inliers, model, args, "none")  # type: ignore[arg-type]
+    trained = training_data(args.checkpoint)
+    inliers = _images(args.inliers, model, args, trained)
     reference_source = args.reference or _training_split(args.inliers)
-    reference = _images(reference_source, model, args, "none")  # type: ignore[arg-type]
-    outliers = {name: _images(name, model, args, args.fit) for name in args.outliers}
+    reference = _images(reference_source, model, args, trained)
+    outliers = {name: _images(name, model, args, trained) for name in args.outliers}
     result = ood_scores(
         model, inliers, outliers, reference, args.inliers, n_bits, args.batch_size,
         args.typicality_batch,
