@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,6 +196,21 @@ def test_direction_save_load_round_trip(tmp_path, suffix: str) -> None:
         load_direction(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError):
         load_direction(tmp_path / "missing.pt")
+
+
+def test_a_failed_direction_write_keeps_the_previous_file(tmp_path, monkeypatch) -> None:
+    path = save_direction(Direction([torch.ones(2, 4, 4)], {"attribute": "old"}), tmp_path / "d.pt")
+    before = path.read_bytes()
+
+    def full_disk(obj, file) -> None:  # what torch.save does when the disk fills up
+        Path(file).write_bytes(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"cannot write the direction file .*d\.pt: \[enforce fail"):
+        save_direction(Direction([torch.zeros(2, 4, 4)], {"attribute": "new"}), path)
+    assert path.read_bytes() == before and load_direction(path).metadata == {"attribute": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pt"]
 
 
 def test_keep_masks_rank_levels_from_the_top() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 from pathlib import Path
 
@@ -76,6 +79,44 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+class _HalfWritten:
+    """A text file whose first write stores half the text, then fails as on a full disk."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def write(self, text: str) -> int:
+        self._handle.write(text[: len(text) // 2])
+        self._handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(name)``: from then on, text written to files named ``*name*`` runs out of
+    space halfway."""
+    real_open = io.open
+
+    def install(name: str) -> None:
+        def open_(file, mode="r", *args, **kwargs):
+            handle = real_open(file, mode, *args, **kwargs)
+            return _HalfWritten(handle) if "w" in mode and name in str(file) else handle
+
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(io, "open", open_)
+
+    return install
 
 
 def _png(path: Path) -> bytes:
@@ -331,3 +372,41 @@ def test_ood_fits_the_in_distribution_and_reference_sets(files, tmp_path, capsys
         assert f"typicality entropy H from {reference or 'digits:train'}" in text
     code, _, err = _run(capsys, "ood", files["padded"], "--in", "digits:test", "--fit", "none")
     assert code == 2 and "pass --fit pad or --fit resize" in err
+
+
+def test_a_failed_json_write_keeps_the_previous_file(files, tmp_path, capsys, full_disk) -> None:
+    restore = ["restore", files["plain"], files["data"], "--count", "2", "--steps", "1",
+               "--task", "denoise", "--out", str(tmp_path / "r.png"),
+               "--json", str(tmp_path / "r.json")]  # fmt: skip
+    ood = ["ood", files["plain"], "--in", files["data"], "--reference", files["unlabelled"],
+           "--count", "10", "--plot", str(tmp_path / "o.png"),
+           "--json", str(tmp_path / "o.json")]  # fmt: skip
+    for argv in (restore, ood):
+        assert _run(capsys, *argv)[0] == 0
+    before = {name: (tmp_path / name).read_text() for name in ("r.json", "o.json")}
+    full_disk(".json")
+    for argv in (restore, ood):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and err.strip().endswith("No space left on device")
+    for name, text in before.items():
+        assert (tmp_path / name).read_text() == text
+        json.loads(text)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failed_direction_write_is_one_line(files, tmp_path, capsys, monkeypatch) -> None:
+    direction = tmp_path / "d.pt"
+    argv = ["manipulate", files["plain"], files["data"], "--positive", "1", "--count", "2",
+            "--save-direction", str(direction), "--out", str(tmp_path / "m.png")]  # fmt: skip
+    assert _run(capsys, *argv)[0] == 0
+    before = direction.read_bytes()
+
+    def full_disk(obj, file) -> None:  # what torch.save does when the disk fills up
+        Path(file).write_bytes(before[:100])
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot write the direction file" in err
+    assert direction.read_bytes() == before

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._files import atomic_write
 from ._optional import require
 from .models.base import FlowModel
 
@@ -378,26 +379,38 @@ def save_direction(direction: Direction, path: str | os.PathLike[str]) -> Path:
     """Write a direction as ``.safetensors`` (tensors + JSON metadata) or ``.pt`` (``torch.save``).
 
     The format follows the file extension; anything but ``.safetensors`` uses ``torch.save``
-    of ``{"latents": [...], "metadata": {...}}``.
+    of ``{"latents": [...], "metadata": {...}}``. The file is written to a temporary name
+    and renamed, so a failed write leaves the previous file as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = [z.detach().cpu().contiguous() for z in direction.latents]
     meta = json.dumps(direction.metadata)
     if path.suffix == ".safetensors":
         try:
-            save_file = require("safetensors.torch", "train").save_file
+            safetensors = require("safetensors", "train")
         except ImportError:
             raise ValueError(
                 "saving .safetensors needs the safetensors package (pip install glowlab[train]); "
                 "or save to a .pt file"
             ) from None
-        save_file(
-            {f"level_{i}": z for i, z in enumerate(tensors)}, str(path), {"glowlab_direction": meta}
-        )
+        save_file = require("safetensors.torch", "train").save_file
+        failure: type[Exception] = safetensors.SafetensorError
+
+        def write(tmp: Path) -> None:
+            named = {f"level_{i}": z for i, z in enumerate(tensors)}
+            save_file(named, str(tmp), {"glowlab_direction": meta})
+
     else:
-        torch.save({"latents": tensors, "metadata": meta}, path)
-    return path
+        failure = RuntimeError  # how torch.save reports a failed write (a full disk, say)
+
+        def write(tmp: Path) -> None:
+            torch.save({"latents": tensors, "metadata": meta}, tmp)
+
+    try:
+        return atomic_write(path, write)
+    except failure as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"cannot write the direction file {path}: {reason}") from exc
 
 
 def load_direction(path: str | os.PathLike[str]) -> Direction:

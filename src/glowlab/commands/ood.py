@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._files import atomic_write
 from ..data import canonical_name
 from ..imageio import add_source_arguments, images_for, load_model, training_data
 from ..images import save_png
@@ -98,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 s: {n: v.tolist() for n, v in values.items()} for s, values in result.scores.items()
             },
         }
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
     return 0
 
 

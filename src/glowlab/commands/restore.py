@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from .._files import atomic_write
 from ..imageio import (
     add_output_arguments,
     add_source_arguments,
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             f"{m['restored_mse']:>14.5f}{m['restored_psnr']:>8.2f}"
         )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
+        text = json.dumps(metrics, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     print(f"wrote {save_rows(args.out, rows, n_bits, args.zoom)}")
     return 0
