@@ -410,3 +410,32 @@ def test_a_failed_direction_write_is_one_line(files, tmp_path, capsys, monkeypat
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "cannot write the direction file" in err
     assert direction.read_bytes() == before
+
+
+def test_restore_writes_the_png_before_the_json(files, tmp_path, capsys, full_disk) -> None:
+    argv = ["restore", files["plain"], files["data"], "--count", "2", "--steps", "1",
+            "--task", "denoise", "--out", str(tmp_path / "r.png")]  # fmt: skip
+    full_disk("m.json")
+    code, _, err = _run(capsys, *argv, "--json", str(tmp_path / "m.json"))
+    assert code == 2 and "No space left on device" in err
+    _png(tmp_path / "r.png")  # the restoration is kept even though its metrics were not
+    code, _, _ = _run(capsys, *argv, "--json", str(tmp_path / "new" / "metrics.json"))
+    assert code == 0 and "denoise" in json.loads((tmp_path / "new" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("command", ["restore", "ood", "manipulate"])
+def test_unwritable_outputs_fail_before_any_work(files, tmp_path, capsys, command) -> None:
+    (tmp_path / "file").write_text("")
+    argv = {
+        "restore": ["restore", files["plain"], files["data"], "--count", "2", "--steps", "1",
+                    "--out", str(tmp_path / "r.png"), "--json"],
+        "ood": ["ood", files["plain"], "--in", files["data"], "--reference", files["data"],
+                "--count", "10", "--plot", str(tmp_path / "o.png"), "--json"],
+        "manipulate": ["manipulate", files["plain"], files["data"], "--positive", "1",
+                       "--out", str(tmp_path / "m.png"), "--save-direction"],
+    }[command]  # fmt: skip
+    for target, message in ((tmp_path, "is a folder"), (tmp_path / "file" / "x", "is a file")):
+        code, out, err = _run(capsys, *argv, str(target))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+        assert out == ""  # nothing was computed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -49,6 +49,7 @@ __all__ = [
     "add_output_arguments",
     "add_source_arguments",
     "check_image_shape",
+    "check_output",
     "dataset_name",
     "fit_images",
     "images_for",
@@ -435,6 +436,22 @@ def training_data(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(data) if isinstance(data, dict) else {}
 
 
+def check_output(path: str | os.PathLike[str] | None, what: str) -> None:
+    """Fail before any work when ``path`` cannot be written as a file (``what``: "PNG", ...).
+
+    Missing folders are fine (they are created when the file is written); a path that is a
+    folder, or under a file, is not. None (an output not asked for) passes.
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name for the {what}")
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
+
+
 def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[FlowModel, int]:
     """The model of a checkpoint and the bit depth it was trained at (8 when not recorded)."""
     from .checkpoint import load
@@ -549,8 +566,9 @@ def command_inputs(args: argparse.Namespace, indices: Sequence[int] | None = Non
     With ``indices`` (``--indices``, non-negative), the images at those positions of the
     source, in that order, instead. Seeds torch with ``args.seed``; ``x`` is the model's float
     input, ``y`` the labels of a class-conditional model (``args.label`` for all images, else
-    the source's labels).
+    the source's labels). ``args.out`` is checked first, so a bad one fails before any work.
     """
+    check_output(args.out, "PNG")
     torch.manual_seed(args.seed)
     model, n_bits = load_model(args.checkpoint, args.device)
     trained = training_data(args.checkpoint)

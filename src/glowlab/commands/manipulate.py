@@ -12,6 +12,7 @@ from ..imageio import (
     ImageSet,
     add_output_arguments,
     add_source_arguments,
+    check_output,
     command_inputs,
     fit_image_set,
     labels_for,
@@ -140,6 +141,7 @@ def _split(image_set: ImageSet, args: argparse.Namespace) -> tuple[torch.Tensor,
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.save_direction, "direction")
     inputs = command_inputs(args)
     model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x
     if args.direction is not None:

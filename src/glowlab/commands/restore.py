@@ -11,6 +11,7 @@ from .._files import atomic_write
 from ..imageio import (
     add_output_arguments,
     add_source_arguments,
+    check_output,
     command_inputs,
     save_rows,
 )
@@ -44,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.json, "JSON")
     inputs = command_inputs(args)
     model, n_bits, y, clean = inputs.model, inputs.n_bits, inputs.y, inputs.x
     tasks = (
@@ -68,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
             f"{task:<18}{m['baseline_mse']:>14.5f}{m['baseline_psnr']:>8.2f}"
             f"{m['restored_mse']:>14.5f}{m['restored_psnr']:>8.2f}"
         )
+    print(f"wrote {save_rows(args.out, rows, n_bits, args.zoom)}")
     if args.json:
         text = json.dumps(metrics, indent=2)
         atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    print(f"wrote {save_rows(args.out, rows, n_bits, args.zoom)}")
     return 0
