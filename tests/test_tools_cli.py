@@ -293,6 +293,36 @@ def test_reconstruct_compares_at_the_models_bit_depth(files, tmp_path, capsys) -
     assert "8-bit images reproduced exactly: yes" in text
 
 
+def test_n_bits_sets_the_bit_depth_of_a_checkpoint_that_does_not_record_it(
+    files, tmp_path, capsys
+) -> None:
+    # A model saved with glowlab.save, or a weights file, records no training config.
+    weights = next(Path(files["plain"]).parent.glob("plain-*.safetensors"))
+    for checkpoint in (files["plain"], str(weights)):
+        code, text, _ = _run(
+            capsys, "reconstruct", checkpoint, files["data"], "--n-bits", "5",
+            "--out", str(tmp_path / "r.png"),
+        )  # fmt: skip
+        assert code == 0 and "grey levels of 3.125e-02" in text
+    five_bit = _trained_on(files["plain"], tmp_path, "five", n_bits=5)
+    code, text, _ = _run(
+        capsys, "reconstruct", five_bit, files["data"], "--n-bits", "8",
+        "--out", str(tmp_path / "r.png"),
+    )  # fmt: skip
+    assert code == 0 and "grey levels of 3.906e-03" in text  # the option wins
+    base = ["--in", files["data"], "--reference", files["unlabelled"], "--count", "10",
+            "--plot", str(tmp_path / "o.png")]  # fmt: skip
+    means = []
+    for n_bits in ("5", "8"):
+        code, text, _ = _run(capsys, "ood", files["plain"], *base, "--n-bits", n_bits)
+        assert code == 0
+        means.append(float(text.split("bits/dim mean ")[1].split()[0]))
+    assert means[0] < means[1] - 1  # about 3 bits/dim less at 5 bits than at 8
+    for bad in ("0", "9"):
+        code, _, err = _run(capsys, "ood", files["plain"], *base, "--n-bits", bad)
+        assert code == 2 and f"--n-bits must be in [1, 8], got {bad}" in err
+
+
 def test_ood_needs_a_reference_for_file_inputs(files, tmp_path, capsys) -> None:
     code, _, err = _run(
         capsys, "ood", files["plain"], "--in", files["data"], "--outliers", "noise",

@@ -50,6 +50,7 @@ __all__ = [
     "add_source_arguments",
     "check_image_shape",
     "check_output",
+    "check_source_arguments",
     "dataset_name",
     "fit_images",
     "images_for",
@@ -405,6 +406,11 @@ def add_source_arguments(
         "gray<->RGB); auto reads the dataset the checkpoint was trained on as in training and "
         + ("pads other images" if otherwise == "pad" else "leaves other images as they are"),
     )
+    parser.add_argument(
+        "--n-bits",
+        type=int,
+        help="bit depth of the model's input (None: the one the checkpoint was trained at, else 8)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
@@ -452,15 +458,26 @@ def check_output(path: str | os.PathLike[str] | None, what: str) -> None:
         raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
 
 
-def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[FlowModel, int]:
-    """The model of a checkpoint and the bit depth it was trained at (8 when not recorded)."""
+def check_source_arguments(args: argparse.Namespace) -> None:
+    """Check the options of :func:`add_source_arguments` before any work is done."""
+    n_bits = getattr(args, "n_bits", None)
+    if n_bits is not None and not 1 <= n_bits <= 8:
+        raise ValueError(f"--n-bits must be in [1, 8], got {n_bits}")
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str = "cpu", n_bits: int | None = None
+) -> tuple[FlowModel, int]:
+    """The model of a checkpoint and its bit depth: ``n_bits`` when given, else the one it
+    was trained at (8 when the checkpoint does not record it)."""
     from .checkpoint import load
 
     model = load(path, map_location=device)
-    try:
-        n_bits = int(training_data(path).get("n_bits", 8))
-    except (TypeError, ValueError):
-        n_bits = 8
+    if n_bits is None:
+        try:
+            n_bits = int(training_data(path).get("n_bits", 8))
+        except (TypeError, ValueError):
+            n_bits = 8
     return model, n_bits
 
 
@@ -568,9 +585,10 @@ def command_inputs(args: argparse.Namespace, indices: Sequence[int] | None = Non
     input, ``y`` the labels of a class-conditional model (``args.label`` for all images, else
     the source's labels). ``args.out`` is checked first, so a bad one fails before any work.
     """
+    check_source_arguments(args)
     check_output(args.out, "PNG")
     torch.manual_seed(args.seed)
-    model, n_bits = load_model(args.checkpoint, args.device)
+    model, n_bits = load_model(args.checkpoint, args.device, args.n_bits)
     trained = training_data(args.checkpoint)
     count = args.count if indices is None else max(indices) + 1
     image_set = images_for(model, args.images, args.data_dir, args.fit, count, trained)

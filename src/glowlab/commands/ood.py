@@ -11,7 +11,14 @@ import torch
 
 from .._files import atomic_write
 from ..data import canonical_name
-from ..imageio import add_source_arguments, check_output, images_for, load_model, training_data
+from ..imageio import (
+    add_source_arguments,
+    check_output,
+    check_source_arguments,
+    images_for,
+    load_model,
+    training_data,
+)
 from ..images import save_png
 from ..models import FlowModel
 from ..ood import SCORES, noise_images, ood_scores
@@ -70,10 +77,11 @@ def _images(
 
 
 def run(args: argparse.Namespace) -> int:
+    check_source_arguments(args)
     check_output(args.plot, "PNG")
     check_output(args.json, "JSON")
     torch.manual_seed(args.seed)
-    model, n_bits = load_model(args.checkpoint, args.device)
+    model, n_bits = load_model(args.checkpoint, args.device, args.n_bits)
     trained = training_data(args.checkpoint)
     inliers = _images(args.inliers, model, args, trained)
     reference_source = args.reference or _training_split(args.inliers)
