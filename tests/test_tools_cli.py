@@ -15,7 +15,8 @@ import torch
 import glowlab
 from glowlab.cli import main
 from glowlab.imageio import source_settings
-from glowlab.latent import load_direction
+from glowlab.latent import attribute_direction, load_direction
+from glowlab.metrics import dequantize
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -168,7 +169,7 @@ def test_interpolate_compress_and_manipulate_write_pngs(files, tmp_path, capsys)
     assert code == 0 and "keep  50.00%" in text
     direction = tmp_path / "d.safetensors"
     code, text, _ = _run(
-        capsys, "manipulate", ckpt, data, "--positive", "1", "--negative", "2",
+        capsys, "manipulate", ckpt, data, "--positive", "1", "--negative", "2", "--label", "0",
         "--alphas", "-1", "0", "1",
         "--save-direction", str(direction), "--out", str(tmp_path / "m.png"),
     )  # fmt: skip
@@ -469,3 +470,34 @@ def test_unwritable_outputs_fail_before_any_work(files, tmp_path, capsys, comman
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
         assert out == ""  # nothing was computed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_manipulate_encodes_the_labelled_images_with_the_models_classes(
+    files, tmp_path, capsys
+) -> None:
+    # Labels 20 and 21 are attribute classes, not the conditional model's classes 0..2.
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(8, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "attr.npz", images=images, labels=np.array([20, 21] * 4))
+    argv = ["manipulate", files["conditional"], files["data"], "--from", str(tmp_path / "attr.npz"),
+            "--positive", "20", "--negative", "21", "--count", "2",
+            "--out", str(tmp_path / "m.png")]  # fmt: skip
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "are not its classes; pass --label K" in err
+    code, _, err = _run(capsys, *argv, "--label", "2", "--save-direction", str(tmp_path / "d.pt"))
+    assert code == 0, err
+    model = glowlab.load(files["conditional"])
+    x = dequantize(torch.from_numpy(images.transpose(0, 3, 1, 2)), noise=False)
+    x = x.to(model._reference())
+    expected = attribute_direction(
+        model, x[0::2], x[1::2], torch.full((4,), 2), torch.full((4,), 2)
+    )
+    for got, want in zip(load_direction(tmp_path / "d.pt").latents, expected.latents, strict=True):
+        torch.testing.assert_close(got, want)
+    # The labels of the model's own training dataset are its classes.
+    digits = _trained_on(files["conditional"], tmp_path, "cond-digits", name="digits", n_bits=8)
+    code, text, err = _run(
+        capsys, "manipulate", digits, files["data"], "--from", "digits:train", "--positive", "0",
+        "--negative", "1", "--count", "2", "--out", str(tmp_path / "m.png"),
+    )  # fmt: skip
+    assert code == 0 and "class 0 vs class 1" in text, err

@@ -54,6 +54,7 @@ __all__ = [
     "dataset_name",
     "fit_images",
     "images_for",
+    "is_training_dataset",
     "labels_for",
     "load_images",
     "load_model",
@@ -481,6 +482,15 @@ def load_model(
     return model, n_bits
 
 
+def is_training_dataset(source: str, trained: dict[str, Any]) -> bool:
+    """Whether ``source`` is a split of the dataset ``trained`` (see :func:`training_data`)."""
+    from .data import canonical_name
+
+    name = dataset_name(source)
+    recorded = trained.get("name")
+    return name is not None and isinstance(recorded, str) and canonical_name(recorded) == name
+
+
 def source_settings(
     source: str,
     fit: SourceFit,
@@ -502,11 +512,7 @@ def source_settings(
         >>> source_settings("digits:test", "auto", None, {"name": "mnist", "image_size": 32})
         ('none', None, None)
     """
-    from .data import canonical_name
-
-    name = dataset_name(source)
-    recorded = trained.get("name")
-    if name is None or not isinstance(recorded, str) or canonical_name(recorded) != name:
+    if not is_training_dataset(source, trained):
         return otherwise if fit == "auto" else fit, data_dir, None
     folder = trained.get("data_dir") if data_dir is None else data_dir
     if fit != "auto":

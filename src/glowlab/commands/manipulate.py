@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from ..imageio import (
     check_output,
     command_inputs,
     fit_image_set,
+    is_training_dataset,
     labels_for,
     load_images,
     read_attribute_table,
@@ -23,6 +25,7 @@ from ..imageio import (
     to_model_input,
 )
 from ..latent import attribute_direction, load_direction, manipulate, save_direction
+from ..models import FlowModel
 
 HELP = "edit images along an attribute direction (mean latent with minus without)"
 DESCRIPTION = (
@@ -32,8 +35,10 @@ DESCRIPTION = (
     "The labelled images (--from, default IMAGES) are split by class (--positive, and "
     "--negative or every other class), by a folder per attribute value (class names), or by "
     "a binary attribute (--attribute NAME, from CelebA's own table or an --attributes CSV "
-    "whose rows match the images by file name or by position). Each PNG row is one image, "
-    "each column one alpha; alpha 0 reproduces the input."
+    "whose rows match the images by file name or by position). A class-conditional model "
+    "encodes the labelled images as class --label, or with their own labels when --from is "
+    "the dataset the model was trained on. Each PNG row is one image, each column one alpha; "
+    "alpha 0 reproduces the input."
 )
 
 
@@ -140,6 +145,29 @@ def _split(image_set: ImageSet, args: argparse.Namespace) -> tuple[torch.Tensor,
     return positive, negative, f"class {args.positive} vs class {args.negative}"
 
 
+def _direction_labels(
+    model: FlowModel,
+    image_set: ImageSet,
+    source: str,
+    label: int | None,
+    trained: dict[str, Any],
+) -> torch.Tensor | None:
+    """The classes a class-conditional model encodes the labelled images with.
+
+    ``--label`` when given. Otherwise the images' own labels, but only when they come from
+    the dataset the model was trained on: elsewhere (class folders, an attribute table, an
+    .npz, another dataset) they define the attribute and are not the model's classes.
+    """
+    if model.num_classes is None:
+        return None
+    if label is None and not is_training_dataset(source, trained):
+        raise ValueError(
+            f"the model is class-conditional and the labels of {source} are not its "
+            "classes; pass --label K to encode the labelled images as class K"
+        )
+    return labels_for(model, image_set, label)
+
+
 def run(args: argparse.Namespace) -> int:
     check_output(args.save_direction, "direction")
     inputs = command_inputs(args)
@@ -169,8 +197,8 @@ def run(args: argparse.Namespace) -> int:
             model,
             to_model_input(model, pos_set.images, n_bits),
             to_model_input(model, neg_set.images, n_bits),
-            labels_for(model, pos_set, None) if model.num_classes else None,
-            labels_for(model, neg_set, None) if model.num_classes else None,
+            _direction_labels(model, pos_set, source, args.label, inputs.trained),
+            _direction_labels(model, neg_set, source, args.label, inputs.trained),
             metadata={"attribute": name, "source": str(args.source or args.images)},
         )
         print(
