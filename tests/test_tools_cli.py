@@ -501,3 +501,13 @@ def test_manipulate_encodes_the_labelled_images_with_the_models_classes(
         "--negative", "1", "--count", "2", "--out", str(tmp_path / "m.png"),
     )  # fmt: skip
     assert code == 0 and "class 0 vs class 1" in text, err
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_manipulate_needs_a_positive_max_images(files, tmp_path, capsys, value: str) -> None:
+    code, out, err = _run(
+        capsys, "manipulate", files["plain"], files["data"], "--positive", "1",
+        "--max-images", value, "--out", str(tmp_path / "m.png"),
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert err == f"glowlab manipulate: error: --max-images must be >= 1, got {value}\n"

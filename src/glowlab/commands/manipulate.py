@@ -169,6 +169,8 @@ def _direction_labels(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     check_output(args.save_direction, "direction")
     inputs = command_inputs(args)
     model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x
