@@ -511,3 +511,16 @@ def test_manipulate_needs_a_positive_max_images(files, tmp_path, capsys, value: 
     )  # fmt: skip
     assert code == 2 and out == ""
     assert err == f"glowlab manipulate: error: --max-images must be >= 1, got {value}\n"
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("bogus", "unknown device 'bogus'; choose auto, cpu or cuda"),
+     ("cuda", "device cuda was requested but CUDA is not available; use --device cpu")],
+)  # fmt: skip
+def test_a_bad_device_is_named_as_such(files, capsys, monkeypatch, device, message) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["reconstruct", files["plain"], files["data"]],
+                 ["ood", files["plain"], "--in", files["data"]]):  # fmt: skip
+        code, _, err = _run(capsys, *argv, "--device", device)
+        assert code == 2 and err == f"glowlab {argv[0]}: error: {message}\n"

@@ -412,7 +412,9 @@ def add_source_arguments(
         type=int,
         help="bit depth of the model's input (None: the one the checkpoint was trained at, else 8)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--device", default="cpu", help="device: cpu, cuda, cuda:N or auto (CUDA if available)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
@@ -460,10 +462,16 @@ def check_output(path: str | os.PathLike[str] | None, what: str) -> None:
 
 
 def check_source_arguments(args: argparse.Namespace) -> None:
-    """Check the options of :func:`add_source_arguments` before any work is done."""
+    """Check the options of :func:`add_source_arguments` before any work is done.
+
+    ``args.device`` becomes the device it names (``auto``: CUDA when available).
+    """
+    from .train import resolve_device
+
     n_bits = getattr(args, "n_bits", None)
     if n_bits is not None and not 1 <= n_bits <= 8:
         raise ValueError(f"--n-bits must be in [1, 8], got {n_bits}")
+    args.device = str(resolve_device(args.device))
 
 
 def load_model(
