@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,6 +150,11 @@ def test_restore_rejects_bad_input() -> None:
         restore(gray_model, torch.rand(1, 1, 8, 8), "inpaint")
     with pytest.raises(ValueError, match="sigma"):
         restore(gray_model, x, "denoise", sigma=0.0)
+    for value in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+            restore(gray_model, x, "denoise", sigma=value)
+        with pytest.raises(ValueError, match="learning rate must be a finite number > 0"):
+            restore(gray_model, x, "inpaint", steps=1, lr=value)
 
 
 def test_a_non_finite_objective_is_an_error_not_a_result() -> None:

@@ -524,3 +524,37 @@ def test_a_bad_device_is_named_as_such(files, capsys, monkeypatch, device, messa
                  ["ood", files["plain"], "--in", files["data"]]):  # fmt: skip
         code, _, err = _run(capsys, *argv, "--device", device)
         assert code == 2 and err == f"glowlab {argv[0]}: error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--sigma", "inf", "--sigma must be a finite number > 0, got inf"),
+        ("--sigma", "-1", "--sigma must be a finite number > 0, got -1.0"),
+        ("--mask-size", "1", "--mask-size must be in (0, 1), got 1.0"),
+        ("--steps", "-1", "--steps must be >= 0, got -1"),
+        ("--lr", "nan", "--lr must be a finite number > 0, got nan"),
+        ("--zoom", "0", "--zoom must be >= 1, got 0"),
+    ],
+)
+def test_restore_checks_its_numbers_before_any_task(
+    files, tmp_path, capsys, option, value, message
+) -> None:
+    code, out, err = _run(
+        capsys, "restore", files["plain"], files["data"], "--count", "2", "--steps", "1",
+        "--out", str(tmp_path / "r.png"), option, value,
+    )  # fmt: skip
+    assert code == 2 and err == f"glowlab restore: error: {message}\n"
+    assert out == ""  # no task ran
+
+
+def test_manipulate_checks_alphas_before_computing_the_direction(files, tmp_path, capsys) -> None:
+    code, out, err = _run(
+        capsys, "manipulate", files["plain"], files["data"], "--positive", "1",
+        "--alphas", "0", "inf", "--out", str(tmp_path / "m.png"),
+    )  # fmt: skip
+    assert (
+        code == 2
+        and err == "glowlab manipulate: error: --alphas must be finite numbers, got [0.0, inf]\n"
+    )
+    assert out == ""

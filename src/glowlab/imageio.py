@@ -597,10 +597,13 @@ def command_inputs(args: argparse.Namespace, indices: Sequence[int] | None = Non
     With ``indices`` (``--indices``, non-negative), the images at those positions of the
     source, in that order, instead. Seeds torch with ``args.seed``; ``x`` is the model's float
     input, ``y`` the labels of a class-conditional model (``args.label`` for all images, else
-    the source's labels). ``args.out`` is checked first, so a bad one fails before any work.
+    the source's labels). The options are checked first (``args.out`` and ``args.zoom`` too),
+    so a bad one fails before any work.
     """
     check_source_arguments(args)
     check_output(args.out, "PNG")
+    if args.zoom < 1:
+        raise ValueError(f"--zoom must be >= 1, got {args.zoom}")
     torch.manual_seed(args.seed)
     model, n_bits = load_model(args.checkpoint, args.device, args.n_bits)
     trained = training_data(args.checkpoint)

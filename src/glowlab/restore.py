@@ -103,8 +103,8 @@ def _maximise(
     """Adam on ``params`` (from ``start``) to maximise ``log p(build(params)) - penalty``."""
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"the learning rate must be positive, got {lr}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"the learning rate must be a finite number > 0, got {lr}")
     was_training = model.training
     model.eval()
     requires = [p.requires_grad for p in model.parameters()]
@@ -190,13 +190,17 @@ def denoise(
 ) -> Tensor:
     """MAP denoising: maximise ``log p(x) - |x - noisy|^2 / (2 sigma^2)``, from ``noisy``."""
     noisy = _check(model, noisy, "denoise")
-    if not sigma > 0:
-        raise ValueError(f"the noise level sigma must be positive, got {sigma}")
+    _check_sigma(sigma)
 
     def likelihood(x: Tensor) -> Tensor:
         return ((x - noisy) ** 2).flatten(1).sum(1) / (2 * sigma**2)
 
     return _maximise(model, noisy, lambda x: x, likelihood, steps, lr, y)
+
+
+def _check_sigma(sigma: float) -> None:
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"the noise level sigma must be a finite number > 0, got {sigma}")
 
 
 def _chroma_basis(like: Tensor) -> tuple[Tensor, Tensor]:
@@ -349,6 +353,8 @@ def restore(
     if task not in TASKS:
         raise ValueError(f"unknown restoration task {task!r}; choose one of {', '.join(TASKS)}")
     model._check_x(clean, "restore")
+    if task == "denoise":
+        _check_sigma(sigma)
     clean = clean.to(model._reference())
     observation = degrade(clean, task, sigma, mask, generator)
     if task == "inpaint":

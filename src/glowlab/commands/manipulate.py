@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,8 @@ def _direction_labels(
 def run(args: argparse.Namespace) -> int:
     if args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    if not all(math.isfinite(a) for a in args.alphas):
+        raise ValueError(f"--alphas must be finite numbers, got {args.alphas}")
     check_output(args.save_direction, "direction")
     inputs = command_inputs(args)
     model, n_bits, y, x = inputs.model, inputs.n_bits, inputs.y, inputs.x

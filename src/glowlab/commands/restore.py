@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import torch
 
@@ -44,7 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Fail on a bad --sigma, --mask-size, --steps or --lr before any task runs."""
+    if not (math.isfinite(args.sigma) and args.sigma > 0):
+        raise ValueError(f"--sigma must be a finite number > 0, got {args.sigma}")
+    if not 0 < args.mask_size < 1:
+        raise ValueError(f"--mask-size must be in (0, 1), got {args.mask_size}")
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_numbers(args)
     check_output(args.json, "JSON")
     inputs = command_inputs(args)
     model, n_bits, y, clean = inputs.model, inputs.n_bits, inputs.y, inputs.x
