@@ -558,3 +558,22 @@ def test_manipulate_checks_alphas_before_computing_the_direction(files, tmp_path
         and err == "glowlab manipulate: error: --alphas must be finite numbers, got [0.0, inf]\n"
     )
     assert out == ""
+
+
+@pytest.mark.parametrize("name", ["r.jpg", "r", "r.png.txt"])
+def test_png_outputs_must_be_named_png(files, tmp_path, capsys, name: str) -> None:
+    out = str(tmp_path / name)
+    code, _, err = _run(capsys, "reconstruct", files["plain"], files["data"], "--out", out)
+    assert (
+        code == 2 and err == f"glowlab reconstruct: error: --out must name a .png file, got {out}\n"
+    )
+    code, _, err = _run(
+        capsys, "ood", files["plain"], "--in", files["data"], "--reference", files["data"],
+        "--count", "5", "--plot", out,
+    )  # fmt: skip
+    assert code == 2 and err == f"glowlab ood: error: --plot must name a .png file, got {out}\n"
+    assert list(tmp_path.iterdir()) == []
+    code, _, _ = _run(
+        capsys, "reconstruct", files["plain"], files["data"], "--out", str(tmp_path / "R.PNG")
+    )
+    assert code == 0

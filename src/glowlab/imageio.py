@@ -50,6 +50,7 @@ __all__ = [
     "add_source_arguments",
     "check_image_shape",
     "check_output",
+    "check_png_output",
     "check_source_arguments",
     "dataset_name",
     "fit_images",
@@ -422,7 +423,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     """``--label``, ``--out`` and ``--zoom``: the options of every command that writes a PNG of
     model images."""
     parser.add_argument("--label", type=int, help="class of every image (class-conditional models)")
-    parser.add_argument("--out", default=out, help="output PNG")
+    parser.add_argument("--out", default=out, metavar="FILE.png", help="output PNG")
     parser.add_argument("--zoom", type=int, default=1, help="pixel repetition factor in the PNG")
 
 
@@ -459,6 +460,13 @@ def check_output(path: str | os.PathLike[str] | None, what: str) -> None:
     folder = next((p for p in path.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
         raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
+
+
+def check_png_output(path: str | os.PathLike[str], option: str) -> None:
+    """:func:`check_output` for a PNG, whose name must end in ``.png`` (``option``: "--out")."""
+    check_output(path, "PNG")
+    if not str(path).lower().endswith(".png"):
+        raise ValueError(f"{option} must name a .png file, got {path}")
 
 
 def check_source_arguments(args: argparse.Namespace) -> None:
@@ -601,7 +609,7 @@ def command_inputs(args: argparse.Namespace, indices: Sequence[int] | None = Non
     so a bad one fails before any work.
     """
     check_source_arguments(args)
-    check_output(args.out, "PNG")
+    check_png_output(args.out, "--out")
     if args.zoom < 1:
         raise ValueError(f"--zoom must be >= 1, got {args.zoom}")
     torch.manual_seed(args.seed)

@@ -14,6 +14,7 @@ from ..data import canonical_name
 from ..imageio import (
     add_source_arguments,
     check_output,
+    check_png_output,
     check_source_arguments,
     images_for,
     load_model,
@@ -61,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--typicality-batch", type=int, default=1, help="inputs per typicality test (M)"
     )
     parser.add_argument("--batch-size", type=int, default=200, help="images per forward pass")
-    parser.add_argument("--plot", default="ood.png", help="output PNG of the histograms")
+    parser.add_argument(
+        "--plot", default="ood.png", metavar="FILE.png", help="output PNG of the histograms"
+    )
     parser.add_argument(
         "--json", metavar="FILE", help="also write the AUROCs and per-image scores as JSON"
     )
@@ -78,7 +81,7 @@ def _images(
 
 def run(args: argparse.Namespace) -> int:
     check_source_arguments(args)
-    check_output(args.plot, "PNG")
+    check_png_output(args.plot, "--plot")
     check_output(args.json, "JSON")
     torch.manual_seed(args.seed)
     model, n_bits = load_model(args.checkpoint, args.device, args.n_bits)
