@@ -201,6 +201,29 @@ def test_corrupt_checkpoint_is_one_line(run_dir: Path, tmp_path: Path, capsys) -
     assert len(err) == 1 and "truncated or corrupt" in err[0]
 
 
+def test_eval_data_names_are_case_insensitive(
+    shared_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run trained on MNIST in shared_data, padded to 32x32; the default data folder is empty.
+    monkeypatch.setenv("GLOWLAB_DATA_DIR", str(tmp_path / "empty"))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        model = glowlab.Glow((1, 32, 32), levels=2, steps=1, hidden_channels=4)
+    finally:
+        torch.set_default_dtype(previous)
+    manifest = glowlab.save(model, tmp_path / "mnist")
+    entries = json.loads(manifest.read_text())
+    entries["train_config"] = {
+        "data": {"name": "mnist", "data_dir": str(shared_data), "image_size": 32, "n_bits": 8}
+    }
+    manifest.write_text(json.dumps(entries))
+    capsys.readouterr()
+    for name in ("mnist", "MNIST", "Mnist"):
+        assert cli.main(["eval", str(manifest), "--data", name, "--max-images", "4"]) == 0
+        assert capsys.readouterr().out.startswith("mnist test: ")
+
+
 def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)

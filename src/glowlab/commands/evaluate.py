@@ -50,11 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def data_settings(manifest: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Dataset name, folder, image size and bit depth: flags first, then the training config."""
+    from ..data import canonical_name
+
     data = (manifest.get("train_config") or {}).get("data") or {}
-    name = args.data or data.get("name")
+    recorded = data.get("name")
+    name = args.data or recorded
     if name is None:
         raise ValueError("this checkpoint does not record its dataset; pass --data NAME")
-    same = name == data.get("name")
+    # Dataset names are case-insensitive ("MNIST" is "mnist"); an unknown one is kept as
+    # given, for get_dataset to name in its error.
+    name = canonical_name(name) or name
+    same = isinstance(recorded, str) and name == (canonical_name(recorded) or recorded)
     return {
         "name": name,
         "data_dir": args.data_dir
