@@ -85,6 +85,10 @@ def test_python_m_glowlab_help() -> None:
         (["sample", "NOWHERE.json", "--out", "x.jpg"], "--out must name a .png file"),
         (["demo", "--steps", "0"], "--steps must be >= 1"),
         (["demo", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["demo", "--seed", str(10**23)], "--seed must be in [0, 2**63 - 1], got 1000"),
+        (["sample", "NOWHERE.json", "--seed", "-1"], "--seed must be in [0, 2**63 - 1], got -1"),
+        (["eval", "NOWHERE.json", "--seed", str(2**63)], "--seed must be in [0, 2**63 - 1]"),
+        (["toy", "--seed", str(2**64)], "--seed must be in [0, 2**63 - 1]"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(argv: list[str], message: str, capsys) -> None:

@@ -577,3 +577,13 @@ def test_png_outputs_must_be_named_png(files, tmp_path, capsys, name: str) -> No
         capsys, "reconstruct", files["plain"], files["data"], "--out", str(tmp_path / "R.PNG")
     )
     assert code == 0
+
+
+@pytest.mark.parametrize("seed", [str(10**23), str(2**63), "-1"])
+def test_a_seed_out_of_range_is_named(files, tmp_path, capsys, seed: str) -> None:
+    reconstruct = ["reconstruct", files["plain"], files["data"], "--out", str(tmp_path / "r.png")]
+    ood = ["ood", files["plain"], "--in", files["data"], "--reference", files["data"]]
+    for argv in (reconstruct, ood):
+        code, _, err = _run(capsys, *argv, "--seed", seed)
+        assert code == 2
+        assert err == f"glowlab {argv[0]}: error: --seed must be in [0, 2**63 - 1], got {seed}\n"

@@ -51,6 +51,7 @@ __all__ = [
     "check_image_shape",
     "check_output",
     "check_png_output",
+    "check_seed",
     "check_source_arguments",
     "dataset_name",
     "fit_images",
@@ -469,6 +470,12 @@ def check_png_output(path: str | os.PathLike[str], option: str) -> None:
         raise ValueError(f"{option} must name a .png file, got {path}")
 
 
+def check_seed(seed: int) -> None:
+    """Refuse a ``--seed`` that torch's generators cannot take (with room for ``seed + 2``)."""
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"--seed must be in [0, 2**63 - 1], got {seed}")
+
+
 def check_source_arguments(args: argparse.Namespace) -> None:
     """Check the options of :func:`add_source_arguments` before any work is done.
 
@@ -476,6 +483,7 @@ def check_source_arguments(args: argparse.Namespace) -> None:
     """
     from .train import resolve_device
 
+    check_seed(args.seed)
     n_bits = getattr(args, "n_bits", None)
     if n_bits is not None and not 1 <= n_bits <= 8:
         raise ValueError(f"--n-bits must be in [1, 8], got {n_bits}")

@@ -51,10 +51,13 @@ def _free_folder(path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..imageio import check_seed
+
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_seed(args.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -80,12 +80,14 @@ def data_settings(manifest: dict[str, Any], args: argparse.Namespace) -> dict[st
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import read_checkpoint
     from ..data import get_dataset
+    from ..imageio import check_seed
     from ..train import evaluate_bits_per_dim, resolve_device
 
     for flag in ("draws", "batch_size", "max_images"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    check_seed(args.seed)
     device = resolve_device(args.device)
     checkpoint = read_checkpoint(args.checkpoint, map_location=device)
     model = checkpoint.build_model("raw" if args.raw else "ema").eval()

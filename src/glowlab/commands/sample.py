@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import read_checkpoint
+    from ..imageio import check_seed
     from ..images import make_grid, save_png
     from ..metrics import quantize
     from ..train import resolve_device, upscale
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     temperatures = list(SWEEP) if args.sweep else list(args.temperature)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    check_seed(args.seed)
     if any(t < 0 or not math.isfinite(t) for t in temperatures):
         raise ValueError(f"temperatures must be finite and >= 0, got {temperatures}")
     if not str(args.out).lower().endswith(".png"):

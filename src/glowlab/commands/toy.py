@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from ..imageio import check_seed
 from ..images import save_png
 from ..toy import DENSITIES, ToyFlow, density_grid, sample_density, toy_figure, train_toy
 
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.points < 1:
         raise ValueError("--steps and --points must be positive")
+    check_seed(args.seed)
     torch.manual_seed(args.seed)
     flow = ToyFlow(layers=args.layers, hidden_features=args.hidden)
     flow = train_toy(args.density, args.steps, args.batch_size, args.lr, args.seed, flow)
