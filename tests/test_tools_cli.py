@@ -579,6 +579,26 @@ def test_png_outputs_must_be_named_png(files, tmp_path, capsys, name: str) -> No
     assert code == 0
 
 
+def test_unreadable_npz_files_are_named(files, tmp_path, capsys) -> None:
+    images = np.zeros((2, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "array.npy", images)
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    np.savez(tmp_path / "words.npz", images=images, labels=np.array(["a", "b"]))
+    np.savez(tmp_path / "objects.npz", images=np.array([images[0], None], dtype=object))
+    (tmp_path / "text.npz").write_text("images\n")
+    (tmp_path / "cut.npz").write_bytes((Path(files["data"])).read_bytes()[:300])
+    expected = {
+        "array.npz": "holds a single array (.npy), not an .npz archive; write one with np.savez",
+        "words.npz": "'labels' must be integers, got <U1",
+        "objects.npz": "holds Python objects; store 'images' as uint8",
+        "text.npz": "is not an .npz archive (np.savez writes one)",
+        "cut.npz": "is not an .npz archive (np.savez writes one)",
+    }
+    for name, message in expected.items():
+        code, _, err = _run(capsys, "reconstruct", files["plain"], str(tmp_path / name))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("seed", [str(10**23), str(2**63), "-1"])
 def test_a_seed_out_of_range_is_named(files, tmp_path, capsys, seed: str) -> None:
     reconstruct = ["reconstruct", files["plain"], files["data"], "--out", str(tmp_path / "r.png")]

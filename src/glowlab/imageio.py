@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,11 +192,25 @@ def _load_dataset(
 def _load_npz(path: Path) -> ImageSet:
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
-    with np.load(path) as data:
+    try:
+        archive = np.load(path)
+    except (ValueError, EOFError, zipfile.BadZipFile):  # numpy takes other files for pickles
+        raise ValueError(f"{path} is not an .npz archive (np.savez writes one)") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path} holds a single array (.npy), not an .npz archive; "
+            "write one with np.savez(path, images=..., labels=...)"
+        )
+    with archive as data:
         if "images" not in data:
             raise ValueError(f"{path} has no array named 'images' (found {', '.join(data.files)})")
-        images = np.asarray(data["images"])
-        labels = np.asarray(data["labels"]) if "labels" in data else None
+        try:
+            images = np.asarray(data["images"])
+            labels = np.asarray(data["labels"]) if "labels" in data else None
+        except ValueError:  # an array of Python objects, which would need unpickling
+            raise ValueError(
+                f"{path} holds Python objects; store 'images' as uint8 and 'labels' as integers"
+            ) from None
     if images.dtype != np.uint8:
         raise ValueError(f"{path}: 'images' must be uint8 pixels 0..255, got {images.dtype}")
     if images.ndim == 3:
@@ -213,6 +228,8 @@ def _load_npz(path: Path) -> ImageSet:
             raise ValueError(
                 f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}"
             )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{path}: 'labels' must be integers, got {labels.dtype}")
         label_tensor = torch.from_numpy(labels.astype(np.int64))
     names = [f"{path.name}[{i}]" for i in range(images.shape[0])]
     return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), label_tensor, names)
