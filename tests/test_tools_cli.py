@@ -607,3 +607,17 @@ def test_a_seed_out_of_range_is_named(files, tmp_path, capsys, seed: str) -> Non
         code, _, err = _run(capsys, *argv, "--seed", seed)
         assert code == 2
         assert err == f"glowlab {argv[0]}: error: --seed must be in [0, 2**63 - 1], got {seed}\n"
+
+
+def test_16_bit_grayscale_files_are_scaled_to_8_bits(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from glowlab.imageio import load_images
+
+    wide = np.array([[0, 257, 40000, 65535]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    Image.fromarray(np.array([[0.5, 0.25]], dtype=np.float32)).save(tmp_path / "float.tiff")
+    images = load_images(tmp_path / "wide.png").images
+    assert images.flatten().tolist() == [0, 1, 156, 255]
+    with pytest.raises(ValueError, match=r"float\.tiff: its pixels are floating-point"):
+        load_images(tmp_path / "float.tiff")

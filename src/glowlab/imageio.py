@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data._imaging import to_8_bits
 from .images import make_grid, save_png
 from .metrics import dequantize, quantize
 from .models.base import FlowModel
@@ -257,10 +258,11 @@ def _load_files(path: Path) -> ImageSet:
     arrays = []
     for file in files:
         try:
-            with Image.open(file) as image:
-                gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            with Image.open(file) as opened:
+                image = to_8_bits(opened, Image)  # 16-bit grayscale, which convert() clips
+                gray = image.mode in ("1", "L", "LA")
                 arrays.append(np.asarray(image.convert("L" if gray else "RGB")))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ValueError(f"could not read the image {file}: {exc}") from None
     channels = 3 if any(a.ndim == 3 for a in arrays) else 1
     arrays = [

@@ -45,13 +45,15 @@ def open_image(path: Path, mode: ColorMode) -> Any:
     image_module = import_pillow()
     try:
         with image_module.open(path) as image:
-            return _to_8_bits(image, image_module).convert(mode)
+            return to_8_bits(image, image_module).convert(mode)
     except (OSError, ValueError) as error:
         # Pillow's messages rarely name the file, and one bad file in thousands is hard to find.
         raise ValueError(f"could not read the image {path}: {error}") from error
 
 
-def _to_8_bits(image: Any, image_module: ModuleType) -> Any:
+def to_8_bits(image: Any, image_module: ModuleType) -> Any:
+    """``image`` with 16-bit grayscale scaled to 8 bits; ValueError for pixels of no known
+    range (32-bit integers, floats). Other images are returned as they are."""
     # Pillow's convert() clips wide values at 255 instead of rescaling them, so a 16-bit
     # image would come out almost white.
     if image.mode in _16_BIT_MODES or (image.mode == "I" and image.format in _16_BIT_FORMATS):
