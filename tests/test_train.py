@@ -117,6 +117,8 @@ def test_overrides_reach_every_section() -> None:
         ("optim.lr=Infinity", "optim.lr must be finite and > 0, got inf"),
         ("optim.eps=Infinity", "optim.eps must be finite and > 0, got inf"),
         ("optim.weight_decay=Infinity", "optim.weight_decay must be finite and >= 0, got inf"),
+        ("seed=-1", r"seed must be in \[0, 2\*\*63 - 1\], got -1"),
+        ("seed=9223372036854775808", r"seed must be in \[0, 2\*\*63 - 1\]"),
         ("model.name=nice", None),
     ],
 )
@@ -151,6 +153,9 @@ def test_a_config_file_merges_the_model_options_it_holds(tmp_path: Path) -> None
     manifest = {"train_config": run.to_dict()}
     (tmp_path / "last.json").write_text(json.dumps(manifest))
     assert load_config(tmp_path / "last.json").model.options == {}
+    # Nor are a run's config.json's, with the preset given again (--preset P --config F).
+    save_config(run, tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json", base=preset).model.options == {}
 
 
 def test_an_unusable_run_folder_fails_before_the_data_is_loaded(

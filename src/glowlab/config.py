@@ -584,6 +584,9 @@ def _validate(config: Any, prefix: str) -> None:
                 "in (0, 1) or null",
             ),
         ]
+    elif isinstance(config, TrainConfig):
+        # torch's generators take seeds below 2**64; the data order mixes in the epoch.
+        checks += [("seed", 0 <= config.seed < 2**63, "in [0, 2**63 - 1]")]
     elif isinstance(config, LoopConfig):
         positive = ["steps", "batch_size", "init_batch_size", "eval_batch_size", "log_every"]
         positive += ["eval_draws", "samples_per_row", "checkpoint_every", "nan_patience"]
@@ -642,8 +645,9 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
     Fields the file omits keep the values of ``base``, else of the preset the file names
     (``"preset"``), else the defaults; so a file may hold only what differs. That includes
     the model's options, key by key, while the model stays the same (another model starts
-    from its own defaults); a manifest's options are taken as they are, since they are
-    those its run was built with.
+    from its own defaults). A complete model section (``name``, ``num_classes`` and
+    ``options``, as a run's ``config.json`` and a checkpoint manifest hold it) is taken as
+    it is: those options are the ones its run was built with.
     """
     path = Path(path)
     if not path.is_file():
@@ -664,9 +668,10 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
         if key in _SECTIONS and isinstance(value, Mapping) and isinstance(merged.get(key), dict):
             if key == "model":
                 # The options merge key by key while the model stays the same; another model
-                # starts from its own defaults, and a manifest's options are complete.
+                # starts from its own defaults, and a complete section's options are whole.
                 same = value.get("name", merged["model"]["name"]) == merged["model"]["name"]
-                kept = merged["model"]["options"] if same and not manifest else {}
+                complete = manifest or {"name", "num_classes", "options"} <= set(value)
+                kept = merged["model"]["options"] if same and not complete else {}
                 options = value.get("options", {})
                 if isinstance(options, Mapping):  # anything else is refused by from_dict
                     value = {**value, "options": {**kept, **options}}
