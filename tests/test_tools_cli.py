@@ -589,7 +589,7 @@ def test_unreadable_npz_files_are_named(files, tmp_path, capsys) -> None:
     (tmp_path / "cut.npz").write_bytes((Path(files["data"])).read_bytes()[:300])
     expected = {
         "array.npz": "holds a single array (.npy), not an .npz archive; write one with np.savez",
-        "words.npz": "'labels' must be integers, got <U1",
+        "words.npz": "'labels' must be integers (or booleans), got <U1",
         "objects.npz": "holds Python objects; store 'images' as uint8",
         "text.npz": "is not an .npz archive (np.savez writes one)",
         "cut.npz": "is not an .npz archive (np.savez writes one)",
@@ -597,6 +597,12 @@ def test_unreadable_npz_files_are_named(files, tmp_path, capsys) -> None:
     for name, message in expected.items():
         code, _, err = _run(capsys, "reconstruct", files["plain"], str(tmp_path / name))
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    np.savez(tmp_path / "flags.npz", images=images, labels=np.array([True, False]))
+    out = str(tmp_path / "flags.png")
+    assert (
+        _run(capsys, "reconstruct", files["plain"], str(tmp_path / "flags.npz"), "--out", out)[0]
+        == 0
+    )
 
 
 @pytest.mark.parametrize("seed", [str(10**23), str(2**63), "-1"])

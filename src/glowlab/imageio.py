@@ -229,8 +229,8 @@ def _load_npz(path: Path) -> ImageSet:
             raise ValueError(
                 f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}"
             )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"{path}: 'labels' must be integers, got {labels.dtype}")
+        if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+            raise ValueError(f"{path}: 'labels' must be integers (or booleans), got {labels.dtype}")
         label_tensor = torch.from_numpy(labels.astype(np.int64))
     names = [f"{path.name}[{i}]" for i in range(images.shape[0])]
     return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), label_tensor, names)
