@@ -96,6 +96,8 @@ def check_data_options(
 ) -> None:
     if args.sync_every < 1:
         parser.error("--sync-every must be at least 1")
+    if args.seconds is not None and not args.seconds > 0:
+        parser.error(f"--seconds must be > 0, got {args.seconds}")
     if IMAGE_SHAPES[args.dataset] != tuple(image_shape):
         parser.error(f"model {args.model} expects images {tuple(image_shape)}, {args.dataset} "
                      f"has {IMAGE_SHAPES[args.dataset]}")  # fmt: skip

@@ -199,6 +199,19 @@ def test_targets_memory_over_the_step_time_limit_is_not_met(tmp_path: Path) -> N
     assert "1.50x the fastest step" in row["glowlab"] and row["met"] == "no"
 
 
+@pytest.mark.parametrize("script", ["bench_learning", "bench_peers"])
+def test_a_training_time_must_be_positive(
+    script: str, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--device", "cpu", "--seconds", "0", "--data-dir", str(shared_data)]
+    if script == "bench_peers":
+        args += ["--questions", "learning", "--dataset", "mnist", "--model", "small-mnist"]
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(script).main(args)
+    assert exit_info.value.code == 2
+    assert "--seconds must be > 0, got 0.0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("script", ["bench_train", "bench_memory", "bench_ops", "bench_peers"])
 def test_an_unknown_memory_mode_is_a_usage_error(
     script: str, capsys: pytest.CaptureFixture[str]
