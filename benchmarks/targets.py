@@ -5,7 +5,9 @@ one row per target of docs/benchmarks.md: glowlab's best measured figure and the
 that gave it, the peers' figures from the side-by-side run (``bench_peers.py``), the target,
 and whether glowlab meets it. A figure that no file holds is "not measured". Each figure
 names the file it comes from, and the files' hardware is listed under the table, so that a
-CPU run (the scripts run there too) is never read as a GPU figure.
+CPU run (the scripts run there too) is never read as a GPU figure. Only figures of the
+target's model count (``--model glow-cifar10``, or ``glow-mnist`` for the MNIST row, at
+full depth); ``--any-model`` counts every model and names it in each cell.
 
 Which script wrote a file is told by its contents, not its name:
 
@@ -45,6 +47,7 @@ class Figure:
     source: str
     settings: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    model: str = "?"  # the benchmark config it was measured on (``--model``)
 
 
 @dataclass
@@ -58,6 +61,24 @@ class Measurements:
     learning: list[tuple[str, Figure]] = field(default_factory=list)  # (dataset, bits/dim)
     peers: dict[str, Measurements] = field(default_factory=dict)
     hardware: dict[str, str] = field(default_factory=dict)  # file name -> hardware line
+
+    def only(self, model: str) -> Measurements:
+        """The figures measured on ``model``."""
+
+        def keep(rows: list[Any]) -> list[Any]:
+            return [row for row in rows if row[-1].model == model]
+
+        peers = {name: peer.only(model) for name, peer in self.peers.items()}
+        return Measurements(
+            keep(self.train), keep(self.step_ms), keep(self.memory), keep(self.sample),
+            keep(self.learning), peers, self.hardware,
+        )  # fmt: skip
+
+    def figures(self) -> Iterator[Figure]:
+        for rows in (self.train, self.step_ms, self.memory, self.sample, self.learning):
+            yield from (row[-1] for row in rows)
+        for peer in self.peers.values():
+            yield from peer.figures()
 
 
 def _speed(data: dict[str, Any]) -> list[str]:
@@ -89,10 +110,18 @@ def read_folder(folder: Path) -> Measurements:
         if not isinstance(data, dict) or "environment" not in data or "results" not in data:
             continue  # not a benchmark file (this script's own output, say)
         found.hardware[path.name] = data["environment"].get("hardware", "?")
+        before = set(map(id, found.figures()))
         if isinstance(data["results"], dict):
             _read_side_by_side(found, path.name, data)
         else:
             _read_glowlab(found, path.name, data)
+        args = data.get("args") or {}
+        model = str(args.get("model", "?"))
+        if args.get("steps") is not None:  # bench_peers --steps K shortens every model
+            model += f" (K={args['steps']})"
+        for figure in found.figures():
+            if id(figure) not in before:
+                figure.model = model
     return found
 
 
@@ -192,6 +221,7 @@ def learning(m: Measurements, dataset: str) -> Figure | None:
 @dataclass
 class Target:
     what: str
+    model: str  # the benchmark config the target is set for
     goal: str
     figure: Callable[[Measurements], Figure | None]
     peer_figure: Callable[[Measurements], Figure | None]
@@ -199,29 +229,38 @@ class Target:
     unit: str
 
 
+def _memory_met(f: Figure) -> bool | None:
+    if "ratio" not in f.extra:
+        return None  # the step time was not measured with it
+    return f.value <= 4 and f.extra["ratio"] <= RATIO_LIMIT
+
+
+CIFAR, MNIST = "glow-cifar10", "glow-mnist"
 TARGETS = [
-    Target("training images/s, batch 64", ">= 2,500", lambda m: train_at(m, 64),
+    Target("training images/s, batch 64", CIFAR, ">= 2,500", lambda m: train_at(m, 64),
            lambda m: train_at(m, 64), lambda f: f.value >= 2500, "images/s"),
-    Target("training images/s, best batch size", ">= 8,000", lambda m: train_at(m, None),
-           lambda m: train_at(m, None), lambda f: f.value >= 8000, "images/s"),
-    Target("peak memory, batch 256, memory-saving mode", "<= 4 GiB at <= 1.4x the fastest step",
-           memory_saving, peer_memory,
-           lambda f: None if "ratio" not in f.extra
-           else f.value <= 4 and f.extra["ratio"] <= RATIO_LIMIT, "GiB"),
-    Target("32 samples at temperature 0.7", "<= 15 ms", sample_latency, sample_latency,
+    Target("training images/s, best batch size", CIFAR, ">= 8,000",
+           lambda m: train_at(m, None), lambda m: train_at(m, None),
+           lambda f: f.value >= 8000, "images/s"),
+    Target("peak memory, batch 256, memory-saving mode", CIFAR,
+           "<= 4 GiB at <= 1.4x the fastest step", memory_saving, peer_memory, _memory_met,
+           "GiB"),
+    Target("32 samples at temperature 0.7", CIFAR, "<= 15 ms", sample_latency, sample_latency,
            lambda f: f.value <= 15, "ms"),
-    Target("CIFAR-10 test bits/dim after 200 s", "<= 3.65", lambda m: learning(m, "cifar10"),
-           lambda m: learning(m, "cifar10"), lambda f: f.value <= 3.65, "bits/dim"),
-    Target("MNIST test bits/dim after 200 s", "<= 1.10", lambda m: learning(m, "mnist"),
+    Target("CIFAR-10 test bits/dim after 200 s", CIFAR, "<= 3.65",
+           lambda m: learning(m, "cifar10"), lambda m: learning(m, "cifar10"),
+           lambda f: f.value <= 3.65, "bits/dim"),
+    Target("MNIST test bits/dim after 200 s", MNIST, "<= 1.10", lambda m: learning(m, "mnist"),
            lambda m: learning(m, "mnist"), lambda f: f.value <= 1.10, "bits/dim"),
 ]  # fmt: skip
 
 
-def _cell(figure: Figure | None, unit: str, with_settings: bool) -> str:
+def _cell(figure: Figure | None, unit: str, with_settings: bool, name_model: bool) -> str:
     if figure is None:
         return "not measured"
     value = f"{figure.value:,.0f}" if unit == "images/s" else f"{figure.value:.3g}"
-    notes = [figure.settings] if with_settings and figure.settings else []
+    notes = [figure.model] if name_model else []
+    notes += [figure.settings] if with_settings and figure.settings else []
     if "ratio" in figure.extra:
         notes.append(f"{figure.extra['ratio']:.2f}x the fastest step")
     if "seconds" in figure.extra:
@@ -230,16 +269,22 @@ def _cell(figure: Figure | None, unit: str, with_settings: bool) -> str:
     return f"{value} {unit} ({'; '.join(notes)})"
 
 
-def table(m: Measurements) -> list[dict[str, str]]:
-    """One row per target: glowlab, each peer, the target and whether glowlab meets it."""
+def table(measured: Measurements, any_model: bool = False) -> list[dict[str, str]]:
+    """One row per target: glowlab, each peer, the target and whether glowlab meets it.
+
+    Only figures of the target's model count, unless ``any_model`` (each cell then names
+    its model, and "met" compares figures of other models with the target).
+    """
     rows = []
     for target in TARGETS:
+        m = measured if any_model else measured.only(target.model)
         ours = target.figure(m)
-        row = {"": target.what}
+        row = {"": f"{target.what} ({target.model})"}
         for peer in PEERS:
             theirs = m.peers.get(peer)
-            row[peer] = _cell(target.peer_figure(theirs) if theirs else None, target.unit, False)
-        row["glowlab"] = _cell(ours, target.unit, True)
+            figure = target.peer_figure(theirs) if theirs else None
+            row[peer] = _cell(figure, target.unit, False, any_model)
+        row["glowlab"] = _cell(ours, target.unit, True, any_model)
         row["target"] = target.goal
         met = None if ours is None else target.met(ours)
         row["met"] = {True: "yes", False: "no", None: "not measured"}[met]
@@ -251,13 +296,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="the folder of the benchmarks' JSON files")
     parser.add_argument("--json", type=Path, default=None, help="also write the table here")
+    parser.add_argument(
+        "--any-model",
+        action="store_true",
+        help="count figures of every model, not only the targets' (glow-cifar10, glow-mnist); "
+        "each cell then names its model",
+    )
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
     measured = read_folder(args.folder)
     if not measured.hardware:
         parser.error(f"{args.folder} holds no benchmark JSON files")
-    rows = table(measured)
+    rows = table(measured, args.any_model)
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))

@@ -151,9 +151,12 @@ def test_peak_step_memory_is_that_of_a_second_step(monkeypatch: pytest.MonkeyPat
     assert peak == 1.5 and calls == ["step", "sync", "reset", "step", "sync"]
 
 
-def _benchmark_file(path: Path, rows: list[dict], **settings: object) -> None:
+def _benchmark_file(
+    path: Path, rows: list[dict], model: str = "glow-cifar10", **settings: object
+) -> None:
     environment = {"hardware": "a GPU", "date": "2026-11-26"}
-    path.write_text(json.dumps({"environment": environment, **settings, "results": rows}))
+    payload = {"environment": environment, "args": {"model": model}, **settings}
+    path.write_text(json.dumps({**payload, "results": rows}))
 
 
 @pytest.mark.parametrize(
@@ -179,12 +182,12 @@ def test_targets_memory_row_keeps_to_the_step_time_limit(
                        "step_ms": checkpoint_ms})  # fmt: skip
     _benchmark_file(tmp_path / "memory.json", memory, channels_last=True)
     rows = {row[""]: row for row in targets.table(targets.read_folder(tmp_path))}
-    row = rows["peak memory, batch 256, memory-saving mode"]
+    row = rows["peak memory, batch 256, memory-saving mode (glow-cifar10)"]
     assert row["glowlab"].startswith(chosen) and row["met"] == met
     assert row["rosinality"] == "not measured"
-    assert rows["training images/s, batch 64"]["glowlab"].startswith("3,200 images/s (bf16, CUDA")
-    assert rows["training images/s, batch 64"]["met"] == "yes"
-    assert rows["training images/s, best batch size"]["met"] == "no"  # 3,200 < 8,000
+    batch_64 = rows["training images/s, batch 64 (glow-cifar10)"]
+    assert batch_64["glowlab"].startswith("3,200 images/s (bf16, CUDA") and batch_64["met"] == "yes"
+    assert rows["training images/s, best batch size (glow-cifar10)"]["met"] == "no"  # < 8,000
 
 
 def test_targets_memory_over_the_step_time_limit_is_not_met(tmp_path: Path) -> None:
@@ -197,6 +200,18 @@ def test_targets_memory_over_the_step_time_limit_is_not_met(tmp_path: Path) -> N
         "memory_mode": "checkpoint", "peak_allocated_GiB": 2.0, "step_ms": 150.0}])  # fmt: skip
     row = targets.table(targets.read_folder(tmp_path))[2]
     assert "1.50x the fastest step" in row["glowlab"] and row["met"] == "no"
+
+
+def test_targets_count_only_the_targets_model(tmp_path: Path) -> None:
+    import targets
+
+    row = {"n": 32, "temperature": 0.7, "precision": "bf16", "median_ms": 9.0}
+    _benchmark_file(tmp_path / "small.json", [row], model="small")
+    _benchmark_file(tmp_path / "glow.json", [{**row, "median_ms": 20.0}])
+    sample = targets.table(targets.read_folder(tmp_path))[3]
+    assert sample["glowlab"].startswith("20 ms (") and sample["met"] == "no"
+    sample = targets.table(targets.read_folder(tmp_path), any_model=True)[3]
+    assert sample["glowlab"].startswith("9 ms (small; bf16") and sample["met"] == "yes"
 
 
 @pytest.mark.parametrize("script", ["bench_learning", "bench_peers"])
