@@ -21,7 +21,7 @@ from glowlab.models import Glow
 from glowlab.multiscale import Split
 from glowlab.nets import MLP, GlowNet, ResNet
 from glowlab.priors import ConditionalPrior, LearnedPrior
-from glowlab.speed import channels_last_input
+from glowlab.speed import channels_last_input, compile_flow_steps
 from glowlab.transforms import (
     ActNorm,
     BatchNormFlow,
@@ -330,13 +330,16 @@ def test_inverse_weight_cache_is_never_stale_across_modes(
         torch.testing.assert_close(layer.inverse(layer(x)[0])[0], x, rtol=0, atol=1e-10)
 
 
-def test_a_cache_filled_under_inference_mode_does_not_reach_autograd() -> None:
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_cache_filled_under_inference_mode_does_not_reach_autograd(compiled: bool) -> None:
     """An evaluation under ``torch.inference_mode`` fills the caches; a later frozen-model
     pass with a gradient for the input (restoration, latent search) computes its own."""
     model = Glow((1, 4, 4), levels=1, steps=2, hidden_channels=4)
     with torch.no_grad():
         model.log_prob(torch.rand(8, 1, 4, 4) - 0.5)  # ActNorm's init
     model.eval().requires_grad_(False)
+    if compiled:
+        compile_flow_steps(model, backend="eager")
     x = torch.rand(2, 1, 4, 4) - 0.5
     with torch.inference_mode():
         expected = model.log_prob(x)

@@ -87,7 +87,8 @@ class _EvalCache:
     updates bump (optimizer steps, ``load_state_dict``, EMA updates): it is recomputed only
     when the weights change. Switching the layer between training and evaluation mode
     clears it. Writes through ``param.data`` bump no counter: after such a write in
-    evaluation mode call ``clear_inverse_cache()``.
+    evaluation mode call ``clear_inverse_cache()``. Compiled code does not use it: the
+    computation is part of its graph.
     """
 
     def __init__(self) -> None:
@@ -103,9 +104,13 @@ class _EvalCache:
     ) -> Any:
         if training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return compute()
+        if torch.compiler.is_compiling():
+            # The computation goes into the compiled graph instead: torch.compile cannot
+            # tell whether inference mode is on, so a cached entry could be an inference
+            # tensor that a later pass with gradients must not use.
+            return compute()
         key = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        # (Compiled code skips the check: torch.compile cannot trace it.)
-        slot = (name, not torch.compiler.is_compiling() and torch.is_inference_mode_enabled())
+        slot = (name, torch.is_inference_mode_enabled())
         entry = self.entries.get(slot)
         if entry is None or entry[0] != key:
             entry = self.entries[slot] = (key, compute())
