@@ -32,6 +32,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,9 @@ class Figure:
     """One measured value, where it came from and how it was measured."""
 
     value: float
-    source: str
     settings: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str = "?"  # the file
     model: str = "?"  # the benchmark config it was measured on (``--model``)
 
 
@@ -73,12 +74,6 @@ class Measurements:
             keep(self.train), keep(self.step_ms), keep(self.memory), keep(self.sample),
             keep(self.learning), peers, self.hardware,
         )  # fmt: skip
-
-    def figures(self) -> Iterator[Figure]:
-        for rows in (self.train, self.step_ms, self.memory, self.sample, self.learning):
-            yield from (row[-1] for row in rows)
-        for peer in self.peers.values():
-            yield from peer.figures()
 
 
 def _speed(data: dict[str, Any]) -> list[str]:
@@ -110,46 +105,44 @@ def read_folder(folder: Path) -> Measurements:
         if not isinstance(data, dict) or "environment" not in data or "results" not in data:
             continue  # not a benchmark file (this script's own output, say)
         found.hardware[path.name] = data["environment"].get("hardware", "?")
-        before = set(map(id, found.figures()))
-        if isinstance(data["results"], dict):
-            _read_side_by_side(found, path.name, data)
-        else:
-            _read_glowlab(found, path.name, data)
         args = data.get("args") or {}
         model = str(args.get("model", "?"))
         if args.get("steps") is not None:  # bench_peers --steps K shortens every model
             model += f" (K={args['steps']})"
-        for figure in found.figures():
-            if id(figure) not in before:
-                figure.model = model
+        read = _read_side_by_side if isinstance(data["results"], dict) else _read_glowlab
+        read(found, partial(Figure, source=path.name, model=model), data)
     return found
 
 
-def _read_glowlab(found: Measurements, name: str, data: dict[str, Any]) -> None:
+def _read_glowlab(
+    found: Measurements, figure_of: Callable[..., Figure], data: dict[str, Any]
+) -> None:
     speed = _speed(data)
     for row in data["results"]:
         precision = row.get("precision")
         if "images_per_s" in row and "memory_mode" in row and "gflop_per_step" in row:
             mode = row["memory_mode"]
             settings = _settings(precision, mode if mode != "standard" else "", *speed)
-            found.step_ms.append((row["batch"], Figure(row["step_ms"], name, settings)))
+            found.step_ms.append((row["batch"], figure_of(row["step_ms"], settings)))
             if mode == "standard":
-                found.train.append((row["batch"], Figure(row["images_per_s"], name, settings)))
+                found.train.append((row["batch"], figure_of(row["images_per_s"], settings)))
         elif "peak_allocated_GiB" in row:
             settings = _settings(precision, row["memory_mode"], *speed)
             timed = {"step_ms": row["step_ms"]} if "step_ms" in row else {}  # --repeats 0
-            figure = Figure(row["peak_allocated_GiB"], name, settings, timed)
+            figure = figure_of(row["peak_allocated_GiB"], settings, timed)
             found.memory.append((row["batch"], row["memory_mode"], figure))
         elif "median_ms" in row:
-            figure = Figure(row["median_ms"], name, _settings(precision, *speed))
+            figure = figure_of(row["median_ms"], _settings(precision, *speed))
             found.sample.append((row["n"], row["temperature"], figure))
         elif "test_bpd" in row:
             settings = _settings(precision, f"batch {row['batch']}", *speed)
-            figure = Figure(row["test_bpd"], name, settings, {"seconds": row["train_seconds"]})
+            figure = figure_of(row["test_bpd"], settings, {"seconds": row["train_seconds"]})
             found.learning.append((row["dataset"], figure))
 
 
-def _read_side_by_side(found: Measurements, name: str, data: dict[str, Any]) -> None:
+def _read_side_by_side(
+    found: Measurements, figure_of: Callable[..., Figure], data: dict[str, Any]
+) -> None:
     speed = _speed(data)
     for question, rows in data["results"].items():
         for row in rows:
@@ -159,20 +152,16 @@ def _read_side_by_side(found: Measurements, name: str, data: dict[str, Any]) -> 
             into = found if who == "glowlab" else found.peers.setdefault(who, Measurements())
             settings = _settings(*speed) if who == "glowlab" else "its own recipe"
             if question == "train" and "ms" in row:
-                into.train.append((row["batch"], Figure(row["images_per_s"], name, settings)))
-                into.step_ms.append((row["batch"], Figure(row["ms"], name, settings)))
+                into.train.append((row["batch"], figure_of(row["images_per_s"], settings)))
+                into.step_ms.append((row["batch"], figure_of(row["ms"], settings)))
             elif question == "memory" and "peak_allocated_GiB" in row:
                 mode = row.get("memory_mode", "-")
-                into.memory.append((row["batch"], mode, Figure(row["peak_allocated_GiB"], name)))
+                into.memory.append((row["batch"], mode, figure_of(row["peak_allocated_GiB"])))
             elif question == "sample" and "ms" in row:
-                into.sample.append(
-                    (row["n"], row["temperature"], Figure(row["ms"], name, settings))
-                )
+                into.sample.append((row["n"], row["temperature"], figure_of(row["ms"], settings)))
             elif question == "learning" and "test_bpd" in row:
                 extra = {"seconds": row["train_seconds"]}
-                into.learning.append(
-                    (row["dataset"], Figure(row["test_bpd"], name, settings, extra))
-                )
+                into.learning.append((row["dataset"], figure_of(row["test_bpd"], settings, extra)))
 
 
 # -- the rows ----------------------------------------------------------------------------------
