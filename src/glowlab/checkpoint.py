@@ -301,7 +301,7 @@ def find_checkpoint(path: PathLike) -> Path:
         candidates = [path / "checkpoints" / "last.json", path / "last.json"]
     elif path.suffix == ".safetensors":
         candidates.append(path.with_suffix(".json"))
-    elif path.suffix not in (".json", ".safetensors"):
+    elif path.suffix != ".json":
         candidates += [
             path.with_name(path.name + ".json"),
             path.with_name(path.name + ".safetensors"),

@@ -39,7 +39,7 @@ def dequantize(
     # k + u rounds to k + 1 for u within half a unit of the last place of 1 (about one
     # value in 10^5 in float32): keep it below the next bin's edge, which is exact.
     edge = (k + 1) / bins - 0.5
-    return torch.minimum(x, torch.nextafter(edge, torch.full_like(edge, -math.inf)))
+    return torch.minimum(x, torch.nextafter(edge, edge.new_tensor(-math.inf)))
 
 
 def quantize(x: Tensor, n_bits: int = 8) -> Tensor:
