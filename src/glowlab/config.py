@@ -531,6 +531,14 @@ def _describe(hint: Any) -> str:
     return " or ".join(names) + " or null"
 
 
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Refuse a seed outside [0, 2**63 - 1], the range every command takes: torch's
+    generators take seeds below 2**64, and the commands derive others from it (the data
+    order mixes in the epoch, the latent commands add 1 or 2)."""
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"{name} must be in [0, 2**63 - 1], got {seed}")
+
+
 def _validate(config: Any, prefix: str) -> None:
     """Range checks that types alone do not catch."""
     checks: list[tuple[str, bool, str]] = []
@@ -585,8 +593,7 @@ def _validate(config: Any, prefix: str) -> None:
             ),
         ]
     elif isinstance(config, TrainConfig):
-        # torch's generators take seeds below 2**64; the data order mixes in the epoch.
-        checks += [("seed", 0 <= config.seed < 2**63, "in [0, 2**63 - 1]")]
+        check_seed(config.seed, f"{prefix}seed")
     elif isinstance(config, LoopConfig):
         positive = ["steps", "batch_size", "init_batch_size", "eval_batch_size", "log_every"]
         positive += ["eval_draws", "samples_per_row", "checkpoint_every", "nan_patience"]

@@ -490,9 +490,11 @@ def check_png_output(path: str | os.PathLike[str], option: str) -> None:
 
 
 def check_seed(seed: int) -> None:
-    """Refuse a ``--seed`` that torch's generators cannot take (with room for ``seed + 2``)."""
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"--seed must be in [0, 2**63 - 1], got {seed}")
+    """Refuse a ``--seed`` outside the range every command takes
+    (:func:`glowlab.config.check_seed`)."""
+    from .config import check_seed as check
+
+    check(seed, "--seed")
 
 
 def check_source_arguments(args: argparse.Namespace) -> None:
